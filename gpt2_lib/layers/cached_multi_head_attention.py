@@ -1,0 +1,145 @@
+"""Multi-head self-attention with an optional key/value cache."""
+
+import math
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="gpt2_lib")
+class CachedMultiHeadAttention(keras.layers.Layer):
+    """Causal multi-head self-attention that can update a key/value cache.
+
+    Projections are `EinsumDense` layers with kernels `(hidden, heads,
+    head_dim)` for query/key/value and `(heads, head_dim, hidden)` for the
+    output, the layout KerasHub presets use. In float32 the attention itself
+    goes through `keras.ops.dot_product_attention` (each backend's fused
+    kernel); in lower precision the logits and softmax are computed in
+    float32 and the probabilities cast back.
+
+    Args:
+        num_heads: int, number of attention heads.
+        key_dim: int, size of each head.
+        dropout: float, dropout rate on the attention probabilities.
+        kernel_initializer: initializer for the projection kernels.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        hidden_states: `(batch, query_length, hidden)`.
+        attention_mask: boolean, broadcastable to
+            `(batch, heads, query_length, key_length)`.
+        cache: optional `(batch, 2, max_length, heads, head_dim)` keys and
+            values of earlier positions. When given, the new keys/values are
+            written at `cache_update_index` and the layer returns
+            `(output, updated_cache)`.
+        cache_update_index: int or scalar tensor, where to write in the cache.
+        training: bool, whether dropout is active.
+
+    Example:
+    >>> layer = CachedMultiHeadAttention(num_heads=2, key_dim=4)
+    >>> x = np.random.rand(1, 3, 8).astype("float32")
+    >>> mask = np.tril(np.ones((3, 3), bool))[None, None]
+    >>> layer(x, mask).shape
+    (1, 3, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        key_dim,
+        dropout=0.0,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.key_dim = int(key_dim)
+        self.dropout = float(dropout)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self._probs_dropout = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy, name="attention_dropout"
+        )
+
+    def _dense(self, equation, output_shape, bias_axes, name):
+        return keras.layers.EinsumDense(
+            equation,
+            output_shape=output_shape,
+            bias_axes=bias_axes,
+            kernel_initializer=keras.initializers.get(
+                keras.initializers.serialize(self.kernel_initializer)
+            ),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        heads_shape = (None, self.num_heads, self.key_dim)
+        self.query_dense = self._dense("btd,dnh->btnh", heads_shape, "nh", "query")
+        self.key_dense = self._dense("btd,dnh->btnh", heads_shape, "nh", "key")
+        self.value_dense = self._dense("btd,dnh->btnh", heads_shape, "nh", "value")
+        self.output_dense = self._dense(
+            "btnh,nhd->btd", (None, hidden_dim), "d", "attention_output"
+        )
+        for dense in (self.query_dense, self.key_dense, self.value_dense):
+            dense.build(input_shape)
+        self.output_dense.build((None, None, self.num_heads, self.key_dim))
+        self.built = True
+
+    def _attend(self, query, key, value, attention_mask, training):
+        """(batch, q, heads, head_dim) attention over (batch, k, heads, head_dim)."""
+        scale = 1.0 / math.sqrt(self.key_dim)
+        use_dropout = training and self.dropout > 0
+        if self.compute_dtype == "float32" and not use_dropout:
+            return ops.dot_product_attention(
+                query, key, value, mask=attention_mask, scale=scale
+            )
+        logits = ops.einsum("bqnh,bknh->bnqk", query, key)
+        logits = ops.cast(logits, "float32") * scale
+        logits = ops.where(attention_mask, logits, -1e9)
+        probs = ops.softmax(logits, axis=-1)
+        probs = self._probs_dropout(probs, training=training)
+        probs = ops.cast(probs, self.compute_dtype)
+        return ops.einsum("bnqk,bknh->bqnh", probs, value)
+
+    def call(
+        self,
+        hidden_states,
+        attention_mask,
+        cache=None,
+        cache_update_index=None,
+        training=None,
+    ):
+        query = self.query_dense(hidden_states)  # (batch, q, heads, head_dim)
+        key = self.key_dense(hidden_states)
+        value = self.value_dense(hidden_states)
+        if cache is not None:
+            start = [0, cache_update_index, 0, 0]
+            key = ops.slice_update(cache[:, 0, ...], start, key)  # (batch, max_len, heads, head_dim)
+            value = ops.slice_update(cache[:, 1, ...], start, value)
+            cache = ops.stack([key, value], axis=1)
+        attended = self._attend(query, key, value, attention_mask, training)
+        output = self.output_dense(attended)  # (batch, q, hidden)
+        if cache is None:
+            return output
+        return output, cache
+
+    def compute_output_spec(self, hidden_states, attention_mask, cache=None, **kwargs):
+        output = keras.KerasTensor(hidden_states.shape, dtype=self.compute_dtype)
+        if cache is None:
+            return output
+        return output, keras.KerasTensor(cache.shape, dtype=cache.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "key_dim": self.key_dim,
+                "dropout": self.dropout,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config

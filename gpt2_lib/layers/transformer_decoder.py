@@ -1,0 +1,167 @@
+"""GPT-2's decoder block: pre-LayerNorm causal self-attention and MLP."""
+
+import keras
+from keras import ops
+
+from gpt2_lib.layers.cached_multi_head_attention import CachedMultiHeadAttention
+
+
+@keras.saving.register_keras_serializable(package="gpt2_lib")
+class TransformerDecoder(keras.layers.Layer):
+    """One GPT-2 block.
+
+    ```
+    x = x + dropout(attention(layer_norm_1(x)))
+    x = x + dropout(dense_2(gelu_tanh(dense_1(layer_norm_2(x)))))
+    ```
+
+    Attribute names follow the KerasHub weight layout
+    (`_self_attention_layer`, `_feedforward_intermediate_dense`, ...), so
+    presets map one to one.
+
+    Args:
+        num_heads: int, number of attention heads.
+        intermediate_dim: int, width of the MLP.
+        dropout: float, residual and attention dropout rate.
+        layer_norm_epsilon: float, LayerNorm epsilon.
+        kernel_initializer: initializer for all kernels.
+        **kwargs: `keras.layers.Layer` arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        hidden_states: `(batch, seq, hidden)`.
+        attention_mask: boolean `(batch, 1, seq, key_length)`, see
+            `causal_attention_mask`.
+        cache: optional `(batch, 2, max_length, heads, head_dim)`; when given
+            the block returns `(hidden_states, updated_cache)`.
+        cache_update_index: where the new keys/values go in `cache`.
+        training: bool.
+
+    Example:
+    >>> block = TransformerDecoder(num_heads=2, intermediate_dim=16)
+    >>> x = np.random.rand(1, 3, 8).astype("float32")
+    >>> mask = np.tril(np.ones((3, 3), bool))[None, None]
+    >>> block(x, mask).shape
+    (1, 3, 8)
+    """
+
+    def __init__(
+        self,
+        num_heads,
+        intermediate_dim,
+        dropout=0.0,
+        layer_norm_epsilon=1e-5,
+        kernel_initializer="glorot_uniform",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = int(num_heads)
+        self.intermediate_dim = int(intermediate_dim)
+        self.dropout = float(dropout)
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def _initializer(self):
+        return keras.initializers.get(
+            keras.initializers.serialize(self.kernel_initializer)
+        )
+
+    def build(self, input_shape):
+        hidden_dim = input_shape[-1]
+        if hidden_dim % self.num_heads:
+            raise ValueError(
+                f"hidden_dim={hidden_dim} is not divisible by "
+                f"num_heads={self.num_heads}."
+            )
+        policy = self.dtype_policy
+        self._self_attention_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="self_attention_layer_norm"
+        )
+        self._self_attention_layer = CachedMultiHeadAttention(
+            num_heads=self.num_heads,
+            key_dim=hidden_dim // self.num_heads,
+            dropout=self.dropout,
+            kernel_initializer=self._initializer(),
+            dtype=policy,
+            name="self_attention",
+        )
+        self._self_attention_dropout = keras.layers.Dropout(
+            self.dropout, dtype=policy, name="self_attention_dropout"
+        )
+        self._feedforward_layer_norm = keras.layers.LayerNormalization(
+            epsilon=self.layer_norm_epsilon, dtype=policy, name="feedforward_layer_norm"
+        )
+        self._feedforward_intermediate_dense = keras.layers.Dense(
+            self.intermediate_dim,
+            kernel_initializer=self._initializer(),
+            dtype=policy,
+            name="feedforward_intermediate_dense",
+        )
+        self._feedforward_output_dense = keras.layers.Dense(
+            hidden_dim,
+            kernel_initializer=self._initializer(),
+            dtype=policy,
+            name="feedforward_output_dense",
+        )
+        self._feedforward_dropout = keras.layers.Dropout(
+            self.dropout, dtype=policy, name="feedforward_dropout"
+        )
+        self._self_attention_layer_norm.build(input_shape)
+        self._self_attention_layer.build(input_shape)
+        self._feedforward_layer_norm.build(input_shape)
+        self._feedforward_intermediate_dense.build(input_shape)
+        self._feedforward_output_dense.build(
+            tuple(input_shape[:-1]) + (self.intermediate_dim,)
+        )
+        self.built = True
+
+    def call(
+        self,
+        hidden_states,
+        attention_mask,
+        cache=None,
+        cache_update_index=None,
+        training=None,
+    ):
+        # Attention sub-block: (batch, seq, hidden) -> (batch, seq, hidden).
+        attended = self._self_attention_layer(
+            self._self_attention_layer_norm(hidden_states),
+            attention_mask,
+            cache=cache,
+            cache_update_index=cache_update_index,
+            training=training,
+        )
+        if cache is not None:
+            attended, cache = attended
+        hidden_states = hidden_states + self._self_attention_dropout(
+            attended, training=training
+        )
+        # MLP sub-block: hidden -> intermediate -> hidden.
+        mlp = self._feedforward_intermediate_dense(
+            self._feedforward_layer_norm(hidden_states)
+        )
+        mlp = self._feedforward_output_dense(ops.gelu(mlp, approximate=True))
+        hidden_states = hidden_states + self._feedforward_dropout(mlp, training=training)
+        if cache is None:
+            return hidden_states
+        return hidden_states, cache
+
+    def compute_output_spec(self, hidden_states, attention_mask, cache=None, **kwargs):
+        output = keras.KerasTensor(hidden_states.shape, dtype=self.compute_dtype)
+        if cache is None:
+            return output
+        return output, keras.KerasTensor(cache.shape, dtype=cache.dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config

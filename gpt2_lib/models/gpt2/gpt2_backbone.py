@@ -1,0 +1,379 @@
+"""GPT-2's backbone: embeddings, causal pre-LayerNorm decoder blocks, final LayerNorm."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from gpt2_lib.layers.attention_mask import CausalAttentionMask
+from gpt2_lib.layers.attention_mask import causal_attention_mask
+from gpt2_lib.layers.position_embedding import PositionEmbedding
+from gpt2_lib.layers.position_embedding import position_ids_from_padding_mask
+from gpt2_lib.layers.transformer_decoder import TransformerDecoder
+from gpt2_lib.models.backbone import Backbone
+
+INPUT_KEYS = ("token_ids", "padding_mask")
+OPTIONAL_INPUT_KEYS = ("position_ids",)
+
+
+def _gpt2_initializer():
+    return keras.initializers.RandomNormal(stddev=0.02)
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return int(value)
+
+
+@keras.saving.register_keras_serializable(package="gpt2_lib")
+class GPT2Backbone(Backbone):
+    """The GPT-2 decoder network (Radford et al., 2019), without the LM head.
+
+    Token embedding (tied, so a task projects back to the vocabulary with
+    `token_embedding(x, reverse=True)`) plus a learned position embedding,
+    dropout, `num_layers` pre-LayerNorm causal decoder blocks and a final
+    LayerNorm. The output is the last hidden state, `(batch, seq, hidden_dim)`,
+    equal to Hugging Face's `GPT2Model` (which applies `ln_f`).
+
+    Positions are counted over the real tokens of `padding_mask`, so a prompt
+    padded on the left gets the same positions as the unpadded prompt. Pass
+    `position_ids` to choose them yourself.
+
+    Args:
+        vocabulary_size: int, size of the token vocabulary.
+        num_layers: int, number of decoder blocks.
+        num_heads: int, attention heads per block; must divide `hidden_dim`.
+        hidden_dim: int, width of the residual stream.
+        intermediate_dim: int, width of each block's MLP.
+        dropout: float in [0, 1), dropout rate for embeddings, attention and
+            residual branches.
+        max_sequence_length: int, the number of learned positions; longer
+            inputs are an error.
+        layer_norm_epsilon: float, LayerNorm epsilon (1e-5 for GPT-2).
+        dtype: None, a string (`"float32"`, `"bfloat16"`, `"float16"`,
+            `"mixed_bfloat16"`, `"mixed_float16"`) or a `keras.DTypePolicy`
+            for weights and computation. LayerNorm and softmax always compute
+            in float32.
+        **kwargs: `keras.Model` arguments such as `name` and `trainable`.
+
+    Inputs:
+        A dict with `"token_ids"` `(batch, seq)` int, `"padding_mask"`
+        `(batch, seq)` (1/True for real tokens) and optionally
+        `"position_ids"` `(batch, seq)` int.
+
+    Example:
+    >>> import numpy as np, gpt2_lib
+    >>> input_data = {
+    ...     "token_ids": np.ones((1, 12), "int32"),
+    ...     "padding_mask": np.array([[1] * 10 + [0] * 2]),
+    ... }
+    >>> model = gpt2_lib.models.GPT2Backbone(
+    ...     vocabulary_size=50257, num_layers=2, num_heads=4,
+    ...     hidden_dim=64, intermediate_dim=256, max_sequence_length=128,
+    ... )
+    >>> model(input_data).shape
+    (1, 12, 64)
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        num_layers,
+        num_heads,
+        hidden_dim,
+        intermediate_dim,
+        dropout=0.1,
+        max_sequence_length=1024,
+        layer_norm_epsilon=1e-5,
+        dtype=None,
+        **kwargs,
+    ):
+        vocabulary_size = _check_positive_int("vocabulary_size", vocabulary_size)
+        num_layers = _check_positive_int("num_layers", num_layers)
+        num_heads = _check_positive_int("num_heads", num_heads)
+        hidden_dim = _check_positive_int("hidden_dim", hidden_dim)
+        intermediate_dim = _check_positive_int("intermediate_dim", intermediate_dim)
+        max_sequence_length = _check_positive_int("max_sequence_length", max_sequence_length)
+        if hidden_dim % num_heads:
+            raise ValueError(
+                f"`hidden_dim` must be divisible by `num_heads`. Received: "
+                f"hidden_dim={hidden_dim}, num_heads={num_heads} "
+                f"(remainder {hidden_dim % num_heads})."
+            )
+        if not 0.0 <= float(dropout) < 1.0:
+            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
+        if not float(layer_norm_epsilon) > 0:
+            raise ValueError(
+                f"`layer_norm_epsilon` must be positive. Received: {layer_norm_epsilon!r}"
+            )
+        from gpt2_lib.models.backbone import get_dtype_policy
+
+        policy = get_dtype_policy(dtype)
+
+        # === Layers ===
+        token_embedding = keras.layers.ReversibleEmbedding(
+            input_dim=vocabulary_size,
+            output_dim=hidden_dim,
+            tie_weights=True,
+            embeddings_initializer=_gpt2_initializer(),
+            dtype=policy,
+            name="token_embedding",
+        )
+        position_embedding = PositionEmbedding(
+            sequence_length=max_sequence_length,
+            hidden_dim=hidden_dim,
+            initializer=_gpt2_initializer(),
+            dtype=policy,
+            name="position_embedding",
+        )
+        embeddings_add = keras.layers.Add(dtype=policy, name="embeddings_add")
+        embeddings_dropout = keras.layers.Dropout(
+            dropout, dtype=policy, name="embeddings_dropout"
+        )
+        transformer_layers = [
+            TransformerDecoder(
+                num_heads=num_heads,
+                intermediate_dim=intermediate_dim,
+                dropout=dropout,
+                layer_norm_epsilon=layer_norm_epsilon,
+                kernel_initializer=_gpt2_initializer(),
+                dtype=policy,
+                name=f"transformer_layer_{i}",
+            )
+            for i in range(num_layers)
+        ]
+        layer_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=policy, name="layer_norm"
+        )
+
+        # === Functional graph ===
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+        position_ids = keras.Input(
+            shape=(None,), dtype="int32", name="position_ids", optional=True
+        )
+        tokens = token_embedding(token_ids)  # (batch, seq, hidden)
+        positions = position_embedding(padding_mask, position_ids)  # (batch, seq, hidden)
+        hidden_states = embeddings_dropout(embeddings_add([tokens, positions]))
+        attention_mask = CausalAttentionMask(name="attention_mask")(padding_mask)  # (batch, 1, seq, seq)
+        for block in transformer_layers:
+            hidden_states = block(hidden_states, attention_mask)
+        sequence_output = layer_norm(hidden_states)
+        super().__init__(
+            inputs={
+                "token_ids": token_ids,
+                "padding_mask": padding_mask,
+                "position_ids": position_ids,
+            },
+            outputs=sequence_output,
+            dtype=policy,
+            **kwargs,
+        )
+
+        # === Config ===
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.dropout = float(dropout)
+        self.max_sequence_length = max_sequence_length
+        self.layer_norm_epsilon = float(layer_norm_epsilon)
+        self._token_embedding = token_embedding
+        self.position_embedding = position_embedding
+        self.transformer_layers = transformer_layers
+        self.layer_norm = layer_norm
+
+    # === Inputs ===
+
+    def _standardize_inputs(self, inputs):
+        """Check the input dict and fill in `position_ids=None`."""
+        if not isinstance(inputs, dict):
+            raise ValueError(
+                "GPT2Backbone expects a dict with keys 'token_ids' and "
+                "'padding_mask' (and optionally 'position_ids'). Received: "
+                f"{type(inputs).__name__}."
+            )
+        missing = [key for key in INPUT_KEYS if key not in inputs]
+        unknown = sorted(set(inputs) - set(INPUT_KEYS) - set(OPTIONAL_INPUT_KEYS))
+        if missing or unknown:
+            raise ValueError(
+                f"GPT2Backbone inputs must have keys {list(INPUT_KEYS)} "
+                f"(optionally {list(OPTIONAL_INPUT_KEYS)}). Missing: {missing}; "
+                f"unexpected: {unknown}. Received keys: {sorted(inputs)}."
+            )
+        shapes = {}
+        for key in INPUT_KEYS + OPTIONAL_INPUT_KEYS:
+            value = inputs.get(key)
+            if value is None:
+                continue
+            shape = tuple(ops.shape(value))
+            if len(shape) != 2:
+                raise ValueError(
+                    f"'{key}' must have rank 2, (batch, sequence). Received "
+                    f"shape {shape}."
+                )
+            shapes[key] = shape
+        if len(set(shapes.values())) > 1:
+            raise ValueError(
+                f"All inputs must have the same (batch, sequence) shape. Received: {shapes}."
+            )
+        sequence_length = shapes["token_ids"][1]
+        if sequence_length is not None and sequence_length > self.max_sequence_length:
+            raise ValueError(
+                f"Input sequence length {sequence_length} is longer than this "
+                f"model's max_sequence_length={self.max_sequence_length}. "
+                "Truncate the input (e.g. a preprocessor with a smaller "
+                "`sequence_length`)."
+            )
+        token_ids = inputs["token_ids"]
+        if isinstance(token_ids, (np.ndarray, list)):
+            token_ids = np.asarray(token_ids)
+            if not np.issubdtype(token_ids.dtype, np.integer):
+                raise ValueError(
+                    f"'token_ids' must be integers. Received dtype {token_ids.dtype}."
+                )
+            if token_ids.size and (
+                token_ids.min() < 0 or token_ids.max() >= self.vocabulary_size
+            ):
+                bad = token_ids[(token_ids < 0) | (token_ids >= self.vocabulary_size)]
+                raise ValueError(
+                    f"Token id {int(bad.flat[0])} is out of range for "
+                    f"vocabulary_size={self.vocabulary_size}; ids must be in "
+                    f"[0, {self.vocabulary_size - 1}]."
+                )
+        position_ids = inputs.get("position_ids")
+        if isinstance(position_ids, (np.ndarray, list)):
+            position_ids = np.asarray(position_ids)
+            if position_ids.size and (
+                position_ids.min() < 0 or position_ids.max() >= self.max_sequence_length
+            ):
+                raise ValueError(
+                    "'position_ids' must be in [0, max_sequence_length - 1] = "
+                    f"[0, {self.max_sequence_length - 1}]. Received values from "
+                    f"{position_ids.min()} to {position_ids.max()}."
+                )
+        return {**inputs, "position_ids": inputs.get("position_ids")}
+
+    def __call__(self, inputs, *args, **kwargs):
+        return super().__call__(self._standardize_inputs(inputs), *args, **kwargs)
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        return super().call(
+            self._standardize_inputs(inputs), training=training, mask=mask, **kwargs
+        )
+
+    # === Cached forward pass, for generation ===
+
+    def build_cache(self, batch_size, max_length):
+        """A zero key/value cache: `(batch, num_layers, 2, max_length, heads, head_dim)`."""
+        head_dim = self.hidden_dim // self.num_heads
+        shape = [batch_size, self.num_layers, 2, max_length, self.num_heads, head_dim]
+        return ops.zeros(shape, dtype=self.compute_dtype)
+
+    def call_with_cache(
+        self,
+        token_ids,
+        padding_mask,
+        cache,
+        cache_update_index,
+        position_ids=None,
+        training=False,
+    ):
+        """Run `token_ids` at positions `[cache_update_index, +seq)` of the cache.
+
+        Args:
+            token_ids: `(batch, seq)` ids to process (the prompt at prefill, one
+                token per step when decoding).
+            padding_mask: `(batch, max_length)` mask of real tokens over the
+                whole cache length.
+            cache: `(batch, num_layers, 2, max_length, heads, head_dim)`.
+            cache_update_index: int or scalar tensor, the cache position of
+                `token_ids[:, 0]`.
+            position_ids: `(batch, seq)` positions of `token_ids`; by default
+                counted over `padding_mask`.
+            training: bool.
+
+        Returns:
+            `(hidden_states, cache)`: `(batch, seq, hidden)` after the final
+            LayerNorm, and the updated cache.
+        """
+        seq = ops.shape(token_ids)[1]
+        if position_ids is None:
+            all_positions = position_ids_from_padding_mask(padding_mask)
+            position_ids = ops.slice(
+                all_positions, [0, cache_update_index], [ops.shape(token_ids)[0], seq]
+            )
+        hidden_states = self.token_embedding(token_ids) + self.position_embedding(
+            padding_mask, position_ids
+        )
+        attention_mask = causal_attention_mask(
+            padding_mask, query_start=cache_update_index, query_length=seq
+        )
+        caches = []
+        for i, block in enumerate(self.transformer_layers):
+            hidden_states, layer_cache = block(
+                hidden_states,
+                attention_mask,
+                cache=cache[:, i, ...],
+                cache_update_index=cache_update_index,
+                training=training,
+            )
+            caches.append(layer_cache)
+        return self.layer_norm(hidden_states), ops.stack(caches, axis=1)
+
+    # === Distribution ===
+
+    @classmethod
+    def get_layout_map(cls, device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"):
+        """A `keras.distribution.LayoutMap` that shards weights over `model_parallel_dim_name`.
+
+        Embeddings are split along the hidden axis, attention projections
+        along heads, the MLP along its intermediate axis (Megatron style).
+
+        Args:
+            device_mesh: a `keras.distribution.DeviceMesh`.
+            model_parallel_dim_name: the mesh axis to shard weights over.
+            data_parallel_dim_name: the mesh axis of the batch.
+
+        Example:
+        ```python
+        mesh = keras.distribution.DeviceMesh((1, 8), ["batch", "model"])
+        layout_map = GPT2Backbone.get_layout_map(mesh)
+        keras.distribution.set_distribution(
+            keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
+        )
+        ```
+        """
+        if model_parallel_dim_name not in device_mesh.axis_names:
+            raise ValueError(
+                f"{model_parallel_dim_name!r} is not an axis of the device mesh "
+                f"{device_mesh.axis_names}."
+            )
+        model = model_parallel_dim_name
+        layout_map = keras.distribution.LayoutMap(device_mesh)
+        layout_map["token_embedding/embeddings"] = (None, model)
+        layout_map["position_embedding/embeddings"] = (None, model)
+        layout_map["transformer_layer.*self_attention.*(query|key|value)/kernel"] = (None, model, None)
+        layout_map["transformer_layer.*self_attention.*(query|key|value)/bias"] = (model, None)
+        layout_map["transformer_layer.*attention_output/kernel"] = (model, None, None)
+        layout_map["transformer_layer.*feedforward_intermediate_dense/kernel"] = (None, model)
+        layout_map["transformer_layer.*feedforward_intermediate_dense/bias"] = (model,)
+        layout_map["transformer_layer.*feedforward_output_dense/kernel"] = (model, None)
+        return layout_map
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "num_layers": self.num_layers,
+                "num_heads": self.num_heads,
+                "hidden_dim": self.hidden_dim,
+                "intermediate_dim": self.intermediate_dim,
+                "dropout": self.dropout,
+                "max_sequence_length": self.max_sequence_length,
+                "layer_norm_epsilon": self.layer_norm_epsilon,
+            }
+        )
+        return config

@@ -1,0 +1,199 @@
+"""Hugging Face Transformers' GPT-2 format: config fields and weight names.
+
+Transformers stores GPT-2's attention as one `c_attn` Conv1D of shape
+`(hidden, 3 * hidden)` (input-major, like a Keras kernel) holding query, key
+and value side by side; we keep three `EinsumDense` kernels of shape
+`(hidden, heads, head_dim)`. Everything here works on plain NumPy arrays
+keyed by Transformers' names (without the `transformer.` prefix).
+"""
+
+import keras
+import numpy as np
+
+# Transformers config fields we read, and how they map to GPT2Backbone's.
+_ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
+
+
+def backbone_config_from_transformers(hf_config):
+    """GPT2Backbone kwargs from a Transformers `config.json` dict.
+
+    Every field that changes the computation is read; a value we cannot
+    honour is a `ValueError`, never silently ignored.
+    """
+    model_type = hf_config.get("model_type")
+    if model_type != "gpt2":
+        raise ValueError(
+            f"Expected a Transformers config with model_type 'gpt2'; got "
+            f"model_type={model_type!r}."
+        )
+    activation = hf_config.get("activation_function", "gelu_new")
+    if activation not in _ACTIVATIONS:
+        raise ValueError(
+            f"activation_function={activation!r} is not supported; GPT2Backbone "
+            f"uses the tanh approximation of GELU ({' or '.join(_ACTIVATIONS)})."
+        )
+    unsupported = {
+        "scale_attn_weights": (True,),
+        "scale_attn_by_inverse_layer_idx": (False,),
+        "reorder_and_upcast_attn": (False,),
+        "add_cross_attention": (False,),
+    }
+    for field, allowed in unsupported.items():
+        if field in hf_config and hf_config[field] not in allowed:
+            raise ValueError(
+                f"Transformers config {field}={hf_config[field]!r} is not "
+                f"supported (only {allowed[0]!r})."
+            )
+    hidden_dim = int(hf_config.get("n_embd", 768))
+    n_inner = hf_config.get("n_inner")
+    dropouts = {
+        hf_config.get(key)
+        for key in ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+        if hf_config.get(key) is not None
+    }
+    return {
+        "vocabulary_size": int(hf_config.get("vocab_size", 50257)),
+        "num_layers": int(hf_config.get("n_layer", 12)),
+        "num_heads": int(hf_config.get("n_head", 12)),
+        "hidden_dim": hidden_dim,
+        "intermediate_dim": int(n_inner) if n_inner else 4 * hidden_dim,
+        "max_sequence_length": int(hf_config.get("n_positions", 1024)),
+        "layer_norm_epsilon": float(hf_config.get("layer_norm_epsilon", 1e-5)),
+        "dropout": float(max(dropouts)) if dropouts else 0.1,
+    }
+
+
+def transformers_config_from_backbone(backbone):
+    """A Transformers `config.json` dict (GPT2LMHeadModel) for `backbone`."""
+    return {
+        "model_type": "gpt2",
+        "architectures": ["GPT2LMHeadModel"],
+        "vocab_size": backbone.vocabulary_size,
+        "n_layer": backbone.num_layers,
+        "n_head": backbone.num_heads,
+        "n_embd": backbone.hidden_dim,
+        "n_inner": backbone.intermediate_dim,
+        "n_positions": backbone.max_sequence_length,
+        "n_ctx": backbone.max_sequence_length,
+        "layer_norm_epsilon": backbone.layer_norm_epsilon,
+        "activation_function": "gelu_new",
+        "resid_pdrop": backbone.dropout,
+        "embd_pdrop": backbone.dropout,
+        "attn_pdrop": backbone.dropout,
+        "bos_token_id": backbone.vocabulary_size - 1,
+        "eos_token_id": backbone.vocabulary_size - 1,
+        "tie_word_embeddings": True,
+    }
+
+
+def _variable_pairs(backbone):
+    """Yield `(transformers_name, keras_variable, to_keras, to_transformers)`.
+
+    `to_keras` turns the Transformers array into the variable's shape,
+    `to_transformers` does the reverse.
+    """
+    hidden = backbone.hidden_dim
+    heads = backbone.num_heads
+    head_dim = hidden // heads
+    same = (lambda x: x, lambda x: x)
+    yield "wte.weight", backbone.token_embedding.embeddings, *same
+    yield "wpe.weight", backbone.position_embedding.embeddings, *same
+    for i, block in enumerate(backbone.transformer_layers):
+        prefix = f"h.{i}."
+        attention = block._self_attention_layer
+        yield prefix + "ln_1.weight", block._self_attention_layer_norm.gamma, *same
+        yield prefix + "ln_1.bias", block._self_attention_layer_norm.beta, *same
+        for j, dense in enumerate(
+            (attention.query_dense, attention.key_dense, attention.value_dense)
+        ):
+            yield (
+                f"{prefix}attn.c_attn.weight[{j}]",
+                dense.kernel,
+                lambda x: x.reshape(hidden, heads, head_dim),
+                lambda x: x.reshape(hidden, hidden),
+            )
+            yield (
+                f"{prefix}attn.c_attn.bias[{j}]",
+                dense.bias,
+                lambda x: x.reshape(heads, head_dim),
+                lambda x: x.reshape(hidden),
+            )
+        yield (
+            prefix + "attn.c_proj.weight",
+            attention.output_dense.kernel,
+            lambda x: x.reshape(heads, head_dim, hidden),
+            lambda x: x.reshape(hidden, hidden),
+        )
+        yield prefix + "attn.c_proj.bias", attention.output_dense.bias, *same
+        yield prefix + "ln_2.weight", block._feedforward_layer_norm.gamma, *same
+        yield prefix + "ln_2.bias", block._feedforward_layer_norm.beta, *same
+        yield prefix + "mlp.c_fc.weight", block._feedforward_intermediate_dense.kernel, *same
+        yield prefix + "mlp.c_fc.bias", block._feedforward_intermediate_dense.bias, *same
+        yield prefix + "mlp.c_proj.weight", block._feedforward_output_dense.kernel, *same
+        yield prefix + "mlp.c_proj.bias", block._feedforward_output_dense.bias, *same
+    yield "ln_f.weight", backbone.layer_norm.gamma, *same
+    yield "ln_f.bias", backbone.layer_norm.beta, *same
+
+
+def _split_fused(name, tensors):
+    """Look up `name`, splitting `c_attn` into its query/key/value thirds."""
+    if name.endswith("]"):
+        base, index = name[:-1].split("[")
+        fused = _get(base, tensors)
+        return np.split(fused, 3, axis=-1)[int(index)]
+    return _get(name, tensors)
+
+
+def _get(name, tensors):
+    for key in (name, "transformer." + name):
+        if key in tensors:
+            return tensors[key]
+    raise ValueError(
+        f"The Transformers checkpoint has no tensor {name!r} (nor "
+        f"'transformer.{name}'); it has {len(tensors)} tensors, e.g. "
+        f"{sorted(tensors)[:5]}. Is it a GPT-2 checkpoint of this size?"
+    )
+
+
+def load_transformers_weights(backbone, tensors):
+    """Assign Transformers GPT-2 tensors to `backbone`, all or nothing.
+
+    Every array is fetched, reshaped and checked against its variable before
+    any variable is assigned, so a bad checkpoint leaves the model untouched.
+
+    Args:
+        backbone: a built `GPT2Backbone`.
+        tensors: dict from Transformers names (with or without the
+            `transformer.` prefix) to array-likes.
+    """
+    updates = []
+    for name, variable, to_keras, _ in _variable_pairs(backbone):
+        value = np.asarray(_split_fused(name, tensors))
+        try:
+            value = to_keras(value)
+        except ValueError:
+            pass
+        if tuple(value.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"Shape mismatch for Transformers tensor {name!r}: checkpoint "
+                f"has {value.shape}, the model expects {tuple(variable.shape)}."
+            )
+        updates.append((variable, value))
+    for variable, value in updates:
+        variable.assign(value.astype(variable.dtype))
+
+
+def transformers_weights_from_backbone(backbone):
+    """Transformers-named float arrays (`transformer.`-less) for `backbone`."""
+    tensors = {}
+    fused = {}
+    for name, variable, _, to_transformers in _variable_pairs(backbone):
+        value = to_transformers(keras.ops.convert_to_numpy(variable.value))
+        if name.endswith("]"):
+            base, index = name[:-1].split("[")
+            fused.setdefault(base, [None] * 3)[int(index)] = value
+        else:
+            tensors[name] = value
+    for base, parts in fused.items():
+        tensors[base] = np.concatenate(parts, axis=-1)
+    return tensors
