@@ -127,6 +127,19 @@ class Backbone(keras.Model):
 
         save_backbone(self, preset_dir, max_shard_size=max_shard_size)
 
+    def export_to_transformers(self, path):
+        """Write a Hugging Face Transformers checkpoint directory.
+
+        The directory (`config.json` + `model.safetensors`) loads with
+        `transformers.GPT2LMHeadModel.from_pretrained(path)`.
+
+        Args:
+            path: the directory to write (atomically).
+        """
+        from gpt2_lib.preset_io import export_to_transformers
+
+        export_to_transformers(self, path)
+
     # LoRA ------------------------------------------------------------------
 
     def default_lora_layer_names(self):

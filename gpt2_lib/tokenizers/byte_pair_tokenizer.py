@@ -25,6 +25,7 @@ Two engines produce the ids, and they agree on every input:
 
 import json
 import os
+import re
 import threading
 
 import keras
@@ -250,11 +251,14 @@ def read_merges(merges):
             f"file. Received: type(merges)={type(merges).__name__}."
         )
     if all(type(line) is str for line in lines):
-        split = [line.split() for line in lines]
-        if all(len(parts) == 2 for parts in split[1:]) and (
-            split and split[0][:1] == ["#version:"]
+        # Fast path for well-formed files and lists (checked in C loops).
+        split = [parts for parts in (line.split() for line in lines) if parts]
+        if split and split[0][0].startswith("#version"):
+            split = split[1:]
+        if all(len(parts) == 2 for parts in split) and not any(
+            parts[0].startswith("#version") for parts in split
         ):
-            return [(parts[0], parts[1]) for parts in split[1:]]
+            return [(parts[0], parts[1]) for parts in split]
     pairs = []
     for index, line in enumerate(lines):
         if isinstance(line, (tuple, list)):
@@ -466,46 +470,64 @@ class _TiktokenEngine:
             self._encode_ordinary = encoding.encode_ordinary
 
     def make_encode(self):
-        """Returns the fastest `str -> list[int]` function for this engine."""
+        """Returns the fastest `str -> list[int]` function for this engine.
+
+        tiktoken's special-token aware `encode` is slower than
+        `encode_ordinary`, and both give the same ids on text that holds no
+        special token, so a substring test picks the cheaper call.
+        """
         encode = self._encode
         encode_ordinary = self._encode_ordinary
         allowed = self.allowed_special
         table = self.rank_to_id
-        if allowed:
-            if table is None:
 
+        if not allowed:
+            raw = encode_ordinary
+        elif len(allowed) == 1:
+            (special,) = allowed
+            if table is None:
+                # The common case (GPT-2): one special token, ids are ranks.
                 def encode_text(text):
                     try:
-                        return encode(text, allowed)
+                        if special in text:
+                            return encode(text, allowed)
+                        return encode_ordinary(text)
                     except UnicodeEncodeError:
                         return encode(fix_surrogates(text), allowed)
 
-            else:
+                return encode_text
 
-                def encode_text(text):
-                    try:
-                        ranks = encode(text, allowed)
-                    except UnicodeEncodeError:
-                        ranks = encode(fix_surrogates(text), allowed)
-                    return [table[r] for r in ranks]
+            def raw(text):
+                if special in text:
+                    return encode(text, allowed)
+                return encode_ordinary(text)
 
         else:
-            if table is None:
+            search = re.compile(
+                "|".join(re.escape(t) for t in sorted(allowed, key=len))
+            ).search
 
-                def encode_text(text):
-                    try:
-                        return encode_ordinary(text)
-                    except UnicodeEncodeError:
-                        return encode_ordinary(fix_surrogates(text))
+            def raw(text):
+                if search(text) is not None:
+                    return encode(text, allowed)
+                return encode_ordinary(text)
 
-            else:
+        if table is None:
 
-                def encode_text(text):
-                    try:
-                        ranks = encode_ordinary(text)
-                    except UnicodeEncodeError:
-                        ranks = encode_ordinary(fix_surrogates(text))
-                    return [table[r] for r in ranks]
+            def encode_text(text):
+                try:
+                    return raw(text)
+                except UnicodeEncodeError:
+                    return raw(fix_surrogates(text))
+
+        else:
+
+            def encode_text(text):
+                try:
+                    ranks = raw(text)
+                except UnicodeEncodeError:
+                    ranks = raw(fix_surrogates(text))
+                return [table[r] for r in ranks]
 
         return encode_text
 
@@ -1074,6 +1096,15 @@ class BytePairTokenizer(Tokenizer):
                 raise _bad_ids_error(row, table, size) from None
             outputs.append(text.decode("utf-8", "replace"))
         return outputs if batched else outputs[0]
+
+    # `__call__` is `tokenize` itself: one call frame less per string.
+    __call__ = tokenize
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "tokenize" in cls.__dict__ and "__call__" not in cls.__dict__:
+            # A subclass that overrides `tokenize` is called through it.
+            cls.__call__ = Tokenizer.__call__
 
     def get_config(self):
         config = super().get_config()

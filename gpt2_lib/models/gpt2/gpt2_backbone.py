@@ -25,6 +25,12 @@ def _check_positive_int(name, value):
     return int(value)
 
 
+def _static_shape(value):
+    """The shape of a NumPy array, list or backend tensor; None where unknown."""
+    shape = value.shape if hasattr(value, "shape") else np.shape(value)
+    return tuple(None if dim is None else int(dim) for dim in shape)
+
+
 @keras.saving.register_keras_serializable(package="gpt2_lib")
 class GPT2Backbone(Backbone):
     """The GPT-2 decoder network (Radford et al., 2019), without the LM head.
@@ -207,14 +213,15 @@ class GPT2Backbone(Backbone):
             value = inputs.get(key)
             if value is None:
                 continue
-            shape = tuple(ops.shape(value))
+            shape = _static_shape(value)
             if len(shape) != 2:
                 raise ValueError(
                     f"'{key}' must have rank 2, (batch, sequence). Received "
                     f"shape {shape}."
                 )
             shapes[key] = shape
-        if len(set(shapes.values())) > 1:
+        known = {key: shape for key, shape in shapes.items() if None not in shape}
+        if len(set(known.values())) > 1:
             raise ValueError(
                 f"All inputs must have the same (batch, sequence) shape. Received: {shapes}."
             )

@@ -1,0 +1,401 @@
+"""Backbone forward throughput: gpt2_lib on each Keras backend vs Transformers.
+
+One run measures everything side by side. A process can hold only one Keras
+backend, so this script starts one worker process per Keras backend plus one
+for `transformers.GPT2Model`; each worker builds its model (gpt2_base_en size,
+random weights, float32, dropout off), compiles and warms up every shape, then
+waits for "time this shape" requests. The parent interleaves the requests
+(repeat -> shape -> worker, rotating the worker order) so that noise from other
+load on the machine is spread evenly, and reports the median.
+
+What is timed is one forward pass on the whole batch with the result
+materialized (`block_until_ready`, `.numpy()`, or a synchronous CPU call):
+
+* jax:         `jax.jit(backbone.stateless_call)` with the weights as arguments.
+* torch:       `backbone(inputs)` under `torch.inference_mode()` (eager).
+* tensorflow:  `tf.function(backbone, jit_compile=True)` (XLA).
+* transformers: `GPT2Model(attn_implementation="sdpa")` under
+  `torch.inference_mode()`.
+
+`--all-variants` also times the alternatives (`predict_on_batch`, TF graph
+without XLA, `torch.compile`) to show which path is fastest.
+
+FLOPs per token (multiply-adds count 2):
+    2 * num_layers * (4 * hidden^2 + 2 * hidden * intermediate)   dense layers
+  + 2 * num_layers * 2 * seq * hidden                              QK^T and PV
+The attention term counts the full (non-causal) seq x seq product, which is
+what the fused kernels compute; embeddings and LayerNorm/GELU are not counted.
+MFU = tokens/s * FLOPs per token / peak, where peak is the best float32
+2048x2048x2048 matmul FLOP/s of NumPy and PyTorch measured in the same run.
+
+Usage:
+    python benchmarks/forward.py            # full table (a few minutes)
+    python benchmarks/forward.py --quick    # smoke test, small shapes
+    python benchmarks/forward.py --threads 2 --all-variants
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+GPT2_BASE = dict(
+    vocabulary_size=50257,
+    num_layers=12,
+    num_heads=12,
+    hidden_dim=768,
+    intermediate_dim=3072,
+    max_sequence_length=1024,
+)
+SHAPES = [(1, 128), (4, 512), (1, 1024)]
+QUICK_SHAPES = [(1, 32), (2, 64)]
+WORKERS = ["transformers", "jax", "torch", "tensorflow"]
+
+
+def flops_per_token(seq, config=GPT2_BASE):
+    layers = config["num_layers"]
+    hidden = config["hidden_dim"]
+    inter = config["intermediate_dim"]
+    dense = 2 * layers * (4 * hidden * hidden + 2 * hidden * inter)
+    attention = 2 * layers * 2 * seq * hidden
+    return dense + attention
+
+
+# ============================== Worker side ==============================
+
+
+def _set_threads(threads):
+    if not threads:
+        return
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    os.environ["MKL_NUM_THREADS"] = str(threads)
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "")
+        + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}"
+    )
+    os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
+
+
+def _inputs(batch, seq, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    token_ids = rng.integers(0, GPT2_BASE["vocabulary_size"], (batch, seq)).astype("int32")
+    return token_ids, np.ones((batch, seq), "int32")
+
+
+def _transformers_forwards(shapes, threads, all_variants):
+    import torch
+    import transformers
+
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=GPT2_BASE["vocabulary_size"],
+        n_positions=GPT2_BASE["max_sequence_length"],
+        n_embd=GPT2_BASE["hidden_dim"],
+        n_layer=GPT2_BASE["num_layers"],
+        n_head=GPT2_BASE["num_heads"],
+        n_inner=GPT2_BASE["intermediate_dim"],
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
+    model = transformers.GPT2Model._from_config(config, attn_implementation="sdpa").eval()
+    if model.config._attn_implementation != "sdpa":
+        raise RuntimeError(f"Expected sdpa attention, got {model.config._attn_implementation}.")
+    forwards = {}
+    for batch, seq in shapes:
+        token_ids, padding_mask = _inputs(batch, seq)
+        ids = torch.tensor(token_ids, dtype=torch.long)
+        mask = torch.tensor(padding_mask, dtype=torch.long)
+
+        def forward(ids=ids, mask=mask):
+            with torch.inference_mode():
+                return model(input_ids=ids, attention_mask=mask).last_hidden_state
+
+        forwards[("sdpa", batch, seq)] = forward
+    info = {"torch_threads": torch.get_num_threads(), "transformers": transformers.__version__}
+    return forwards, info
+
+
+def _keras_forwards(backend, shapes, threads, all_variants):
+    import keras
+
+    from gpt2_lib.models import GPT2Backbone
+
+    info = {"keras": keras.__version__}
+    if backend == "torch":
+        import torch
+
+        if threads:
+            torch.set_num_threads(threads)
+        info["torch_threads"] = torch.get_num_threads()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        if threads:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+        info["tf"] = tf.__version__
+
+    keras.utils.set_random_seed(0)
+    backbone = GPT2Backbone(**GPT2_BASE, dropout=0.0, dtype="float32")
+    forwards = {}
+    for batch, seq in shapes:
+        token_ids, padding_mask = _inputs(batch, seq)
+        np_inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
+        inputs = {k: keras.ops.convert_to_tensor(v) for k, v in np_inputs.items()}
+        if backend == "jax":
+            import jax
+
+            trainable = [v.value for v in backbone.trainable_variables]
+            non_trainable = [v.value for v in backbone.non_trainable_variables]
+
+            @jax.jit
+            def jitted(trainable, non_trainable, inputs):
+                return backbone.stateless_call(
+                    trainable, non_trainable, inputs, training=False
+                )[0]
+
+            def forward(inputs=inputs):
+                return jitted(trainable, non_trainable, inputs).block_until_ready()
+
+            forwards[("jit", batch, seq)] = forward
+        elif backend == "torch":
+            import torch
+
+            def forward(inputs=inputs):
+                with torch.inference_mode():
+                    return backbone(inputs, training=False)
+
+            forwards[("eager", batch, seq)] = forward
+            if all_variants:
+                compiled = torch.compile(backbone)
+
+                def forward_compiled(inputs=inputs):
+                    with torch.inference_mode():
+                        return compiled(inputs, training=False)
+
+                forwards[("compile", batch, seq)] = forward_compiled
+        else:
+            import tensorflow as tf
+
+            xla = tf.function(lambda x: backbone(x, training=False), jit_compile=True)
+            forwards[("xla", batch, seq)] = lambda inputs=inputs: xla(inputs).numpy()
+            if all_variants:
+                graph = tf.function(lambda x: backbone(x, training=False), jit_compile=False)
+                forwards[("graph", batch, seq)] = lambda inputs=inputs: graph(inputs).numpy()
+        if all_variants:
+            forwards[("predict_on_batch", batch, seq)] = (
+                lambda np_inputs=np_inputs: backbone.predict_on_batch(np_inputs)
+            )
+    return forwards, info
+
+
+def _peak_flops(repeats=5, size=2048):
+    """Best float32 matmul FLOP/s of NumPy and PyTorch (median of repeats)."""
+    import numpy as np
+    import torch
+
+    a = np.random.default_rng(0).standard_normal((size, size), dtype="float32")
+    b = np.random.default_rng(1).standard_normal((size, size), dtype="float32")
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    results = {}
+    for name, matmul in (("numpy", lambda: a @ b), ("torch", lambda: torch.mm(ta, tb))):
+        matmul()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            matmul()
+            times.append(time.perf_counter() - start)
+        results[name] = 2 * size**3 / statistics.median(times)
+    return results
+
+
+def worker_main(args):
+    _set_threads(args.threads)
+    shapes = [tuple(s) for s in json.loads(args.shapes)]
+    if args.worker == "transformers":
+        forwards, info = _transformers_forwards(shapes, args.threads, args.all_variants)
+    else:
+        os.environ["KERAS_BACKEND"] = args.worker
+        forwards, info = _keras_forwards(args.worker, shapes, args.threads, args.all_variants)
+    compile_s = {}
+    for key, forward in forwards.items():
+        start = time.perf_counter()
+        for _ in range(args.warmup):
+            forward()
+        compile_s["%s/%dx%d" % key] = round(time.perf_counter() - start, 2)
+    info["warmup_s"] = compile_s
+    print(json.dumps({"ready": [list(k) for k in forwards], "info": info}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        if request.get("cmd") == "peak":
+            print(json.dumps({"peak": _peak_flops()}), flush=True)
+            continue
+        if request.get("cmd") == "exit":
+            break
+        forward = forwards[tuple(request["key"])]
+        start = time.perf_counter()
+        forward()
+        print(json.dumps({"seconds": time.perf_counter() - start}), flush=True)
+
+
+# ============================== Parent side ==============================
+
+
+class Worker:
+    def __init__(self, name, shapes, args):
+        command = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            name,
+            "--shapes",
+            json.dumps(shapes),
+            "--warmup",
+            str(args.warmup),
+        ]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        if args.all_variants:
+            command.append("--all-variants")
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+        if name != "transformers":
+            env["KERAS_BACKEND"] = name
+        repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = repo_root + os.pathsep + env.get("PYTHONPATH", "")
+        self.name = name
+        self.process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=None if args.verbose else subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+
+    def receive(self):
+        while True:
+            line = self.process.stdout.readline()
+            if not line:
+                raise RuntimeError(
+                    f"Worker {self.name!r} exited early (code "
+                    f"{self.process.wait()}); rerun with --verbose to see why."
+                )
+            if line.startswith("{"):
+                return json.loads(line)
+
+    def request(self, **message):
+        self.process.stdin.write(json.dumps(message) + "\n")
+        self.process.stdin.flush()
+        return self.receive()
+
+    def close(self):
+        try:
+            self.process.stdin.write(json.dumps({"cmd": "exit"}) + "\n")
+            self.process.stdin.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        self.process.wait(timeout=60)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small shapes, few repeats")
+    parser.add_argument("--repeats", type=int, default=None, help="timed calls per shape")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed calls per shape")
+    parser.add_argument("--threads", type=int, default=0, help="threads for every framework")
+    parser.add_argument("--backends", default=",".join(WORKERS[1:]), help="Keras backends")
+    parser.add_argument("--all-variants", action="store_true", help="also time alternatives")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--verbose", action="store_true", help="show worker stderr")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--shapes", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return worker_main(args)
+
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    repeats = args.repeats or (2 if args.quick else 5)
+    names = ["transformers"] + [b for b in args.backends.split(",") if b]
+    bad = sorted(set(names) - set(WORKERS))
+    if bad:
+        raise ValueError(f"Unknown backends {bad}; choose from {WORKERS[1:]}.")
+
+    # Start workers one at a time so that model building/compiling of one
+    # does not slow down another.
+    started = time.perf_counter()
+    workers, keys, infos = [], {}, {}
+    try:
+        for name in names:
+            worker = Worker(name, shapes, args)
+            ready = worker.receive()
+            workers.append(worker)
+            keys[name] = [tuple(k) for k in ready["ready"]]
+            infos[name] = ready["info"]
+            print(f"# {name}: ready after {time.perf_counter() - started:.0f}s "
+                  f"{json.dumps(ready['info'])}", flush=True)
+        peaks = [workers[0].request(cmd="peak")["peak"]]
+        times = {(name, k): [] for name in names for k in keys[name]}
+        for repeat in range(repeats):
+            for batch, seq in shapes:
+                order = workers[repeat % len(workers):] + workers[: repeat % len(workers)]
+                for worker in order:
+                    for key in keys[worker.name]:
+                        if tuple(key[1:]) == (batch, seq):
+                            result = worker.request(key=list(key))
+                            times[(worker.name, key)].append(result["seconds"])
+        peaks.append(workers[0].request(cmd="peak")["peak"])
+    finally:
+        for worker in workers:
+            worker.close()
+
+    peak = max(max(p.values()) for p in peaks)
+    rows = []
+    for batch, seq in shapes:
+        reference = statistics.median(
+            times[("transformers", ("sdpa", batch, seq))]
+        )
+        for (name, key), seconds in times.items():
+            if tuple(key[1:]) != (batch, seq):
+                continue
+            median = statistics.median(seconds)
+            tokens_per_s = batch * seq / median
+            rows.append(
+                dict(
+                    shape=f"{batch}x{seq}",
+                    backend=name,
+                    variant=key[0],
+                    tokens_per_s=tokens_per_s,
+                    ratio=reference / median,
+                    mfu=tokens_per_s * flops_per_token(seq) / peak,
+                    spread=(max(seconds) - min(seconds)) / median,
+                )
+            )
+
+    print(f"\nfloat32 matmul peak: {peak / 1e9:.0f} GFLOP/s "
+          f"(start {json.dumps({k: round(v / 1e9) for k, v in peaks[0].items()})}, "
+          f"end {json.dumps({k: round(v / 1e9) for k, v in peaks[1].items()})}); "
+          f"median of {repeats} interleaved calls; total {time.perf_counter() - started:.0f}s\n")
+    header = "| shape | backend | variant | tokens/s | vs Transformers | MFU | spread |"
+    print(header)
+    print("|---|---|---|---:|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row['shape']} | {row['backend']} | {row['variant']} | "
+            f"{row['tokens_per_s']:.0f} | {row['ratio']:.2f}x | "
+            f"{100 * row['mfu']:.0f}% | {100 * row['spread']:.0f}% |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"peak": peak, "peaks": peaks, "rows": rows, "info": infos}, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""GPT-2 preprocessor: tokenize, add start/end tokens, pad, mask."""
+
+import keras
+
+from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
+from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
+from gpt2_lib.models.preprocessor import Preprocessor
+from gpt2_lib.models.preprocessor import check_sequence_length
+from gpt2_lib.models.preprocessor import pack_start_end
+
+
+@keras.saving.register_keras_serializable(package="gpt2_lib")
+class GPT2Preprocessor(Preprocessor):
+    """GPT-2 preprocessor: token ids and padding mask for the backbone.
+
+    Tokenizes strings with a `GPT2Tokenizer`, adds `"<|endoftext|>"` as
+    start and end token, and pads (with `"<|endoftext|>"`) or truncates to
+    `sequence_length`. Returns `{"token_ids": int32, "padding_mask": bool}`,
+    packed with `y` and `sample_weight` (passed through unchanged) by
+    `keras.utils.pack_x_y_sample_weight`. A single string gives arrays of
+    shape `(sequence_length,)`, a batch `(batch, sequence_length)`.
+
+    For next-token training use `GPT2CausalLMPreprocessor`, which also makes
+    the labels.
+
+    Args:
+        tokenizer: A `gpt2_lib.models.GPT2Tokenizer`.
+        sequence_length: int. The length of the packed inputs. Defaults to
+            `1024`.
+        add_start_token: bool. Whether to prepend the start token. Defaults
+            to `True`.
+        add_end_token: bool. Whether to append the end token. Defaults to
+            `True`.
+
+    Call arguments:
+        x: A string or a batch of strings.
+        y: Labels, passed through.
+        sample_weight: Label weights, passed through.
+        sequence_length: int. Overrides the configured `sequence_length`.
+
+    Example:
+
+    ```python
+    tokenizer = gpt2_lib.models.GPT2Tokenizer.from_preset("gpt2_base_en")
+    preprocessor = gpt2_lib.models.GPT2Preprocessor(tokenizer, sequence_length=8)
+    preprocessor("The quick brown fox.")
+    # {"token_ids": [50256, 464, 2068, 7586, 21831, 13, 50256, 50256],
+    #  "padding_mask": [True, True, True, True, True, True, True, False]}
+
+    x, y = preprocessor(["Good", "Bad"], [1, 0])
+    ```
+    """
+
+    backbone_cls = GPT2Backbone
+    tokenizer_cls = GPT2Tokenizer
+
+    def __init__(
+        self,
+        tokenizer,
+        sequence_length=1024,
+        add_start_token=True,
+        add_end_token=True,
+        **kwargs,
+    ):
+        super().__init__(tokenizer=tokenizer, **kwargs)
+        self.sequence_length = sequence_length
+        self.add_start_token = bool(add_start_token)
+        self.add_end_token = bool(add_end_token)
+
+    @property
+    def sequence_length(self):
+        """The padded length of model input sequences."""
+        return self._sequence_length
+
+    @sequence_length.setter
+    def sequence_length(self, value):
+        self._sequence_length = check_sequence_length(value)
+
+    def call(self, x, y=None, sample_weight=None, sequence_length=None):
+        if sequence_length is None:
+            sequence_length = self.sequence_length
+        sequence_length = check_sequence_length(sequence_length)
+        tokenizer = self._require_tokenizer()
+        rows, batched = self._tokenize(x)
+        token_ids, padding_mask = pack_start_end(
+            rows,
+            sequence_length,
+            start_id=tokenizer.start_token_id,
+            end_id=tokenizer.end_token_id,
+            pad_id=tokenizer.pad_token_id,
+            add_start=self.add_start_token,
+            add_end=self.add_end_token,
+        )
+        if not batched:
+            token_ids, padding_mask = token_ids[0], padding_mask[0]
+        x = {"token_ids": token_ids, "padding_mask": padding_mask}
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "sequence_length": self.sequence_length,
+                "add_start_token": self.add_start_token,
+                "add_end_token": self.add_end_token,
+            }
+        )
+        return config
