@@ -152,9 +152,6 @@ def _keras_forwards(backend, shapes, threads, all_variants):
         if backend == "jax":
             import jax
 
-            trainable = [v.value for v in backbone.trainable_variables]
-            non_trainable = [v.value for v in backbone.non_trainable_variables]
-
             @jax.jit
             def jitted(trainable, non_trainable, inputs):
                 return backbone.stateless_call(
@@ -162,6 +159,10 @@ def _keras_forwards(backend, shapes, threads, all_variants):
                 )[0]
 
             def forward(inputs=inputs):
+                # Read the values on every call: `predict_on_batch` may have
+                # replaced (donated) the arrays since the last one.
+                trainable = [v.value for v in backbone.trainable_variables]
+                non_trainable = [v.value for v in backbone.non_trainable_variables]
                 return jitted(trainable, non_trainable, inputs).block_until_ready()
 
             forwards[("jit", batch, seq)] = forward

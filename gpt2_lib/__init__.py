@@ -2,5 +2,7 @@
 
 from gpt2_lib import layers
 from gpt2_lib import models
+from gpt2_lib import samplers
+from gpt2_lib import tokenizers
 
 __version__ = "0.1.0"

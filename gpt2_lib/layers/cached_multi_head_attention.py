@@ -5,6 +5,8 @@ import math
 import keras
 from keras import ops
 
+from gpt2_lib.layers.attention_kernel import dot_product_attention
+
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
 class CachedMultiHeadAttention(keras.layers.Layer):
@@ -12,10 +14,14 @@ class CachedMultiHeadAttention(keras.layers.Layer):
 
     Projections are `EinsumDense` layers with kernels `(hidden, heads,
     head_dim)` for query/key/value and `(heads, head_dim, hidden)` for the
-    output, the layout KerasHub presets use. In float32 the attention itself
-    goes through `keras.ops.dot_product_attention` (each backend's fused
-    kernel); in lower precision the logits and softmax are computed in
-    float32 and the probabilities cast back.
+    output, the layout KerasHub presets use. Without a cache the attention is
+    causal whatever the mask says (query `t` never sees key `s > t`; the mask
+    removes padding on top); with a cache, the mask alone decides (see
+    `causal_attention_mask(query_start=...)`). In float32 the attention goes
+    through `gpt2_lib.layers.attention_kernel.dot_product_attention` (each
+    backend's fastest form); in lower precision, or with attention dropout,
+    the logits and softmax are computed in float32 and the probabilities cast
+    back.
 
     Args:
         num_heads: int, number of attention heads.
@@ -86,16 +92,20 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         self.output_dense.build((None, None, self.num_heads, self.key_dim))
         self.built = True
 
-    def _attend(self, query, key, value, attention_mask, training):
+    def _attend(self, query, key, value, attention_mask, training, is_causal):
         """(batch, q, heads, head_dim) attention over (batch, k, heads, head_dim)."""
         scale = 1.0 / math.sqrt(self.key_dim)
         use_dropout = training and self.dropout > 0
         if self.compute_dtype == "float32" and not use_dropout:
-            return ops.dot_product_attention(
-                query, key, value, mask=attention_mask, scale=scale
+            return dot_product_attention(
+                query, key, value, mask=attention_mask, scale=scale, is_causal=is_causal
             )
         logits = ops.einsum("bqnh,bknh->bnqk", query, key)
         logits = ops.cast(logits, "float32") * scale
+        if is_causal:
+            query_length, key_length = ops.shape(query)[1], ops.shape(key)[1]
+            causal = ops.arange(key_length)[None, :] <= ops.arange(query_length)[:, None]
+            attention_mask = ops.logical_and(attention_mask, causal[None, None])
         logits = ops.where(attention_mask, logits, -1e9)
         probs = ops.softmax(logits, axis=-1)
         probs = self._probs_dropout(probs, training=training)
@@ -118,7 +128,9 @@ class CachedMultiHeadAttention(keras.layers.Layer):
             key = ops.slice_update(cache[:, 0, ...], start, key)  # (batch, max_len, heads, head_dim)
             value = ops.slice_update(cache[:, 1, ...], start, value)
             cache = ops.stack([key, value], axis=1)
-        attended = self._attend(query, key, value, attention_mask, training)
+        attended = self._attend(
+            query, key, value, attention_mask, training, is_causal=cache is None
+        )
         output = self.output_dense(attended)  # (batch, q, hidden)
         if cache is None:
             return output

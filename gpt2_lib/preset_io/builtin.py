@@ -53,10 +53,22 @@ def get_preset(name):
     return dict(metadata) if metadata is not None else None
 
 
-def kaggle_handle(name):
-    """The Kaggle handle of built-in preset `name`, or None if unknown."""
-    metadata = all_presets().get(name)
-    return metadata["kaggle_handle"] if metadata else None
+def embedded_preset_dir(name):
+    """The directory of a built-in preset shipped inside the package.
+
+    Such a preset's metadata has `path`, relative to `presets_dir()`; it
+    loads offline.
+    """
+    metadata = all_presets()[name]
+    directory = os.path.normpath(os.path.join(presets_dir(), metadata["path"]))
+    if os.path.dirname(directory) != presets_dir() or not os.path.isfile(
+        os.path.join(directory, "config.json")
+    ):
+        raise FileNotFoundError(
+            f"The embedded preset {name!r} is missing or incomplete at {directory} "
+            "(no config.json). Reinstall gpt2_lib."
+        )
+    return directory
 
 
 def unknown_name_message(name):
@@ -78,12 +90,12 @@ def presets_for_class(cls):
     (so `Backbone.presets` lists every preset), or when `cls` is a task or
     preprocessor whose `backbone_cls` is that class.
     """
-    import gpt2_lib.models
+    from gpt2_lib.preset_io.keras_format import our_class
 
     target = getattr(cls, "backbone_cls", None) or cls
     result = {}
     for name, metadata in all_presets().items():
-        preset_cls = getattr(gpt2_lib.models, metadata["class_name"], None)
+        preset_cls = our_class(metadata["class_name"])
         if preset_cls is None:
             continue
         if isinstance(target, type) and issubclass(preset_cls, target):

@@ -84,15 +84,17 @@ def resolve_preset(preset):
         )
     from gpt2_lib.preset_io import builtin
 
-    handle = builtin.kaggle_handle(preset)
-    if handle is None:
+    metadata = builtin.get_preset(preset)
+    if metadata is None:
         looks_like_path = os.sep in preset or preset.startswith(".")
         if looks_like_path:
             raise FileNotFoundError(
                 f"Preset directory {preset!r} does not exist."
             )
         raise ValueError(builtin.unknown_name_message(preset))
-    return _download_kaggle(handle)
+    if metadata.get("path"):
+        return builtin.embedded_preset_dir(preset)
+    return _download_kaggle(metadata["kaggle_handle"])
 
 
 def parse_kaggle_handle(handle):

@@ -16,6 +16,12 @@ OPTIONAL_INPUT_KEYS = ("position_ids",)
 
 
 def _gpt2_initializer():
+    # Inside `preset_io.skip_weight_init()` (a preset load that overwrites
+    # every weight) skip the random draw.
+    from gpt2_lib.preset_io.fast_init import is_skipping
+
+    if is_skipping():
+        return keras.initializers.Zeros()
     return keras.initializers.RandomNormal(stddev=0.02)
 
 

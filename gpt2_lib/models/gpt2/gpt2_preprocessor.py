@@ -1,6 +1,7 @@
 """GPT-2 preprocessor: tokenize, add start/end tokens, pad, mask."""
 
 import keras
+import numpy as np
 
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
 from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
@@ -34,8 +35,9 @@ class GPT2Preprocessor(Preprocessor):
 
     Call arguments:
         x: A string or a batch of strings.
-        y: Labels, passed through.
-        sample_weight: Label weights, passed through.
+        y: Labels, passed through (lists become NumPy arrays).
+        sample_weight: Label weights, passed through (lists become NumPy
+            arrays).
         sequence_length: int. Overrides the configured `sequence_length`.
 
     Example:
@@ -94,6 +96,10 @@ class GPT2Preprocessor(Preprocessor):
         if not batched:
             token_ids, padding_mask = token_ids[0], padding_mask[0]
         x = {"token_ids": token_ids, "padding_mask": padding_mask}
+        if isinstance(y, (list, tuple)):
+            y = np.asarray(y)
+        if isinstance(sample_weight, (list, tuple)):
+            sample_weight = np.asarray(sample_weight)
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
     def get_config(self):

@@ -1,0 +1,142 @@
+"""Scaled dot-product attention, routed to each backend's fastest form.
+
+This is the one place with backend-specific attention code. It computes
+exactly what `keras.ops.dot_product_attention(query, key, value, mask=mask,
+scale=scale, is_causal=is_causal)` computes (a query attends to key `s` when
+`mask` allows it and, with `is_causal`, `s <= t`), only faster on CPU:
+
+* PyTorch: `torch.nn.functional.scaled_dot_product_attention`. With
+  `is_causal` and a mask that removes nothing inside the causal triangle (no
+  padding), the mask is dropped and SDPA runs with `is_causal=True`, whose
+  kernel skips the blocks above the diagonal. Otherwise the boolean mask is
+  passed as is (Keras would first turn it into a float bias).
+* JAX and TensorFlow (XLA): plain einsum/softmax. With `is_causal` and long
+  sequences, queries go in blocks of `CAUSAL_BLOCK_SIZE` that only look at
+  the keys up to the block's end, which skips most of the masked half of the
+  logits (their exp, and their matmuls).
+"""
+
+import functools
+
+import keras
+from keras import ops
+
+# Queries per block in the blocked causal path (JAX/TensorFlow). Measured
+# choice, see benchmarks/NOTES.md.
+CAUSAL_BLOCK_SIZE = 256
+
+
+def dot_product_attention(query, key, value, mask=None, scale=None, is_causal=False):
+    """Attention of `(batch, q, heads, head_dim)` queries over keys/values.
+
+    Args:
+        query: `(batch, query_length, heads, head_dim)`.
+        key: `(batch, key_length, heads, head_dim)`.
+        value: `(batch, key_length, heads, head_dim)`.
+        mask: optional boolean, broadcastable to
+            `(batch, heads, query_length, key_length)`; `True` where a query
+            may attend to a key.
+        scale: float multiplying the logits; `1 / sqrt(head_dim)` if `None`.
+        is_causal: bool, also forbid query `t` to attend to keys `s > t`
+            (queries and keys aligned at position 0).
+
+    Returns:
+        `(batch, query_length, heads, head_dim)`, in the dtype of `query`.
+
+    Example:
+    >>> q = np.random.rand(2, 5, 4, 8).astype("float32")
+    >>> out = dot_product_attention(q, q, q, is_causal=True)
+    >>> out.shape
+    (2, 5, 4, 8)
+    """
+    if scale is None:
+        scale = 1.0 / float(query.shape[-1]) ** 0.5
+    if keras.config.backend() == "torch":
+        return _torch_attention(query, key, value, mask, scale, is_causal)
+    return _xla_attention(query, key, value, mask, scale, is_causal)
+
+
+# === PyTorch ===
+
+
+@functools.lru_cache(maxsize=16)
+def _torch_above_diagonal(query_length, key_length, device):
+    import torch
+
+    ones = torch.ones((query_length, key_length), dtype=torch.bool, device=device)
+    return torch.triu(ones, diagonal=1)
+
+
+def _torch_attention(query, key, value, mask, scale, is_causal):
+    import torch
+
+    query, key, value = (ops.convert_to_tensor(x) for x in (query, key, value))
+    query_length, key_length = query.shape[1], key.shape[1]
+    if mask is not None:
+        mask = ops.convert_to_tensor(mask, "bool")
+        while mask.ndim < 4:
+            mask = mask[None]
+        if is_causal:
+            above = _torch_above_diagonal(query_length, key_length, query.device)
+            # Data-dependent check, only outside of graph capture.
+            if not torch.compiler.is_compiling() and bool(torch.all(mask | above)):
+                mask = None  # the causal triangle alone
+            else:
+                mask = mask & ~above
+                is_causal = False
+    # SDPA wants (batch, heads, length, head_dim).
+    output = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        attn_mask=mask,
+        is_causal=bool(is_causal and mask is None),
+        scale=scale,
+    )
+    return output.transpose(1, 2)
+
+
+# === JAX / TensorFlow ===
+
+
+def _attend(query, key, value, mask, scale):
+    logits = ops.einsum("bqnh,bknh->bnqk", query, key) * ops.cast(scale, query.dtype)
+    if mask is not None:
+        logits = ops.where(mask, logits, ops.cast(-1e9, logits.dtype))
+    probs = ops.softmax(logits, axis=-1)
+    return ops.einsum("bnqk,bknh->bqnh", probs, value)
+
+
+def _causal_mask(query_start, query_length, key_length):
+    query_index = ops.arange(query_length)[:, None] + query_start
+    return (ops.arange(key_length)[None, :] <= query_index)[None, None]
+
+
+def _xla_attention(query, key, value, mask, scale, is_causal):
+    query_length, key_length = query.shape[1], key.shape[1]
+    if mask is not None:
+        mask = ops.cast(mask, "bool")
+        while len(mask.shape) < 4:
+            mask = mask[None]
+    if not is_causal:
+        return _attend(query, key, value, mask, scale)
+    blocked = (
+        query_length is not None
+        and query_length == key_length
+        and query_length > CAUSAL_BLOCK_SIZE
+    )
+    if not blocked:
+        causal = _causal_mask(0, query_length, key_length)
+        mask = causal if mask is None else ops.logical_and(mask, causal)
+        return _attend(query, key, value, mask, scale)
+    outputs = []
+    for start in range(0, query_length, CAUSAL_BLOCK_SIZE):
+        end = min(start + CAUSAL_BLOCK_SIZE, query_length)
+        block_mask = _causal_mask(start, end - start, end)
+        if mask is not None:
+            rows = mask[:, :, start:end, :end] if mask.shape[2] != 1 else mask[..., :end]
+            block_mask = ops.logical_and(rows, block_mask)
+        outputs.append(
+            _attend(query[:, start:end], key[:, :end], value[:, :end], block_mask, scale)
+        )
+    return ops.concatenate(outputs, axis=1)

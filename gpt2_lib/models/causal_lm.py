@@ -1,0 +1,428 @@
+"""`CausalLM`: the base class of generative language models, with `generate()`."""
+
+import itertools
+
+import keras
+import numpy as np
+from keras import ops
+from keras import tree
+
+from gpt2_lib import samplers as samplers_lib
+from gpt2_lib.models.task import Task
+from gpt2_lib.models.task import _is_string_data
+from gpt2_lib.models.task import _is_tf_dataset
+
+
+def _check_stop_token_ids(stop_token_ids, vocabulary_size):
+    """None or a tuple of ints in the vocabulary."""
+    if stop_token_ids is None:
+        return None
+    if isinstance(stop_token_ids, (int, np.integer)) and not isinstance(stop_token_ids, bool):
+        stop_token_ids = [stop_token_ids]
+    if not isinstance(stop_token_ids, (list, tuple)) or not all(
+        isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in stop_token_ids
+    ):
+        raise ValueError(
+            '`stop_token_ids` must be "auto", None, or a list of token ids. '
+            f"Received: stop_token_ids={stop_token_ids!r}"
+        )
+    bad = [int(i) for i in stop_token_ids if not 0 <= i < vocabulary_size]
+    if bad:
+        raise ValueError(
+            f"`stop_token_ids` {bad} are outside the vocabulary [0, {vocabulary_size - 1}]."
+        )
+    return tuple(int(i) for i in stop_token_ids) or None
+
+
+def _to_numpy(value):
+    if isinstance(value, np.ndarray):
+        return value
+    if type(value).__module__.startswith("tensorflow") and hasattr(value, "numpy"):
+        return value.numpy()
+    if ops.is_tensor(value):
+        return ops.convert_to_numpy(value)
+    return np.asarray(value)
+
+
+@keras.saving.register_keras_serializable(package="gpt2_lib")
+class CausalLM(Task):
+    """Base class of causal (next-token) language models.
+
+    A `CausalLM` predicts each token from the ones before it. `fit()` trains
+    it on text (through its preprocessor) or on token ids; `generate()`
+    continues prompts token by token, with the decoding strategy set by the
+    `sampler` argument of `compile()`.
+
+    Generation is compiled once per input shape and backend (`jax.jit`,
+    `tf.function(jit_compile=True)`; eager under `torch.no_grad()` on torch)
+    and reused across calls: `generate_function` stays the same object until
+    `compile()` is called again.
+
+    Example:
+    ```python
+    causal_lm = gpt2_lib.models.CausalLM.from_preset("gpt2_base_en")
+    causal_lm.compile(sampler="greedy")
+    causal_lm.generate("Keras is a", max_length=64)
+    ```
+    """
+
+    def __init__(self, *args, **kwargs):
+        self.generate_function = None
+        self.sampler = None
+        super().__init__(*args, **kwargs)
+
+    def compile(
+        self,
+        optimizer="auto",
+        loss="auto",
+        *,
+        weighted_metrics="auto",
+        sampler="top_k",
+        **kwargs,
+    ):
+        """Configure training and generation.
+
+        Args:
+            optimizer: `"auto"` (AdamW, learning rate 5e-5, weight decay 0.01
+                except on biases, LayerNorm and embeddings, gradient norm
+                clipped to 1), an optimizer name or a `keras.Optimizer`.
+            loss: `"auto"` (`SparseCategoricalCrossentropy(from_logits=True)`;
+                padding is masked out through the sample weights the
+                preprocessor returns), a loss name or a `keras.losses.Loss`.
+            weighted_metrics: `"auto"` (`SparseCategoricalAccuracy`,
+                weighted so that padding does not count) or a list of metrics.
+            sampler: the decoding strategy of `generate()`: `"greedy"`,
+                `"top_k"`, `"top_p"`, `"random"`, `"beam"`, or a
+                `gpt2_lib.samplers.Sampler` instance.
+            **kwargs: other `keras.Model.compile` arguments.
+        """
+        sampler = samplers_lib.get(sampler)
+        if optimizer == "auto":
+            optimizer = keras.optimizers.AdamW(
+                learning_rate=5e-5, weight_decay=0.01, global_clipnorm=1.0
+            )
+            optimizer.exclude_from_weight_decay(
+                var_names=["bias", "gamma", "beta", "embeddings"]
+            )
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy()]
+        super().compile(
+            optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs
+        )
+        self.sampler = sampler
+        # A new sampler (or new compile flags) needs a new generate function.
+        self.generate_function = None
+
+    # Training data ------------------------------------------------------------
+
+    def _prepare_data(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False):
+        # Token ids without labels: predict each next token, masking padding.
+        if isinstance(x, dict) and "token_ids" in x and y is None and sample_weight is None:
+            token_ids = _to_numpy(x["token_ids"])
+            padding_mask = _to_numpy(
+                x.get("padding_mask", np.ones_like(token_ids))
+            ).astype(bool)
+            if token_ids.ndim != 2 or token_ids.shape[1] < 2:
+                raise ValueError(
+                    "Token ids for training must have shape (batch, sequence) with "
+                    f"sequence >= 2 (inputs and next-token labels). Received "
+                    f"shape {token_ids.shape}."
+                )
+            x = {"token_ids": token_ids[:, :-1], "padding_mask": padding_mask[:, :-1]}
+            y = token_ids[:, 1:]
+            sample_weight = (padding_mask[:, 1:] & padding_mask[:, :-1]).astype("float32")
+            return x, y, sample_weight, batch_size
+        return super()._prepare_data(x, y, sample_weight, batch_size, shuffle)
+
+    # Generation ---------------------------------------------------------------
+
+    def generate_step(self, inputs, stop_token_ids=None):
+        """Generate for one batch of `{"token_ids", "padding_mask"}` (compilable).
+
+        Subclasses implement this with their model's cached forward pass.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must implement `generate_step()`.")
+
+    def make_generate_function(self):
+        """The compiled generation function, built on first use.
+
+        Returns a function `(inputs, stop_token_ids) -> outputs` over
+        dicts of `"token_ids"` and `"padding_mask"`; it is cached in
+        `self.generate_function` until the next `compile()`.
+        """
+        if self.generate_function is not None:
+            return self.generate_function
+        backend = keras.config.backend()
+        if backend == "torch":
+            import torch
+
+            def generate_function(inputs, stop_token_ids=None):
+                with torch.no_grad():
+                    return self.generate_step(inputs, stop_token_ids)
+
+        elif backend == "tensorflow" and not self.run_eagerly:
+            import tensorflow as tf
+
+            generate_function = tf.function(self.generate_step, jit_compile=bool(getattr(self, "jit_compile", True)))
+        elif backend == "jax" and not self.run_eagerly:
+            generate_function = self._make_jax_generate_function()
+        else:
+            generate_function = self.generate_step
+        self.generate_function = generate_function
+        return generate_function
+
+    def _make_jax_generate_function(self):
+        """`generate_step` as a pure function of the variables, under `jax.jit`."""
+        import functools
+
+        import jax
+
+        @functools.partial(jax.jit, static_argnames=("stop_token_ids",))
+        def compiled(state, inputs, stop_token_ids):
+            sampler_values, trainable_values, non_trainable_values = state
+            mapping = itertools.chain(
+                zip(self.sampler.variables, sampler_values),
+                zip(self.trainable_variables, trainable_values),
+                zip(self.non_trainable_variables, non_trainable_values),
+            )
+            with keras.StatelessScope(state_mapping=mapping) as scope:
+                outputs = self.generate_step(inputs, stop_token_ids)
+            sampler_values = [
+                scope.get_current_value(v) if scope.get_current_value(v) is not None else value
+                for v, value in zip(self.sampler.variables, sampler_values)
+            ]
+            return outputs, sampler_values
+
+        def generate_function(inputs, stop_token_ids=None):
+            state = (
+                [v.value for v in self.sampler.variables],
+                [v.value for v in self.trainable_variables],
+                [v.value for v in self.non_trainable_variables],
+            )
+            inputs = tree.map_structure(ops.convert_to_tensor, inputs)
+            outputs, sampler_values = compiled(state, inputs, stop_token_ids)
+            for variable, value in zip(self.sampler.variables, sampler_values):
+                variable.assign(value)
+            return outputs
+
+        return generate_function
+
+    def _stop_token_ids(self, stop_token_ids):
+        if isinstance(stop_token_ids, str) and stop_token_ids == "auto":
+            if self.preprocessor is None:
+                raise ValueError(
+                    'stop_token_ids="auto" uses the tokenizer\'s end token, but this '
+                    "model has no preprocessor. Pass `stop_token_ids=None` to generate "
+                    "until `max_length`, or a list of ids, e.g. `stop_token_ids=[50256]`."
+                )
+            tokenizer = self.preprocessor.tokenizer
+            stop_token_ids = [tokenizer.end_token_id]
+        return _check_stop_token_ids(stop_token_ids, self.backbone.vocabulary_size)
+
+    def _check_max_length(self, max_length):
+        if max_length is None:
+            return None
+        if isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer)) or max_length < 2:
+            raise ValueError(
+                f"`max_length` must be an integer >= 2. Received: max_length={max_length!r}"
+            )
+        limit = self.backbone.max_sequence_length
+        if max_length > limit:
+            raise ValueError(
+                f"max_length={max_length} is longer than this model's "
+                f"max_sequence_length={limit}. Pass max_length <= {limit}."
+            )
+        return int(max_length)
+
+    def _token_inputs(self, inputs, max_length):
+        """Check and batch a token-id dict; pad on the right to `max_length`."""
+        unknown = sorted(set(inputs) - {"token_ids", "padding_mask"})
+        if "token_ids" not in inputs or unknown:
+            raise ValueError(
+                "Token inputs to `generate()` must be a dict with 'token_ids' and "
+                f"'padding_mask'. Received keys: {sorted(inputs)}."
+            )
+        token_ids = _to_numpy(inputs["token_ids"])
+        padding_mask = _to_numpy(inputs.get("padding_mask", np.ones_like(token_ids)))
+        is_scalar = token_ids.ndim == 1
+        if is_scalar:
+            token_ids, padding_mask = token_ids[None], padding_mask[None]
+        if token_ids.ndim != 2 or token_ids.shape != padding_mask.shape:
+            raise ValueError(
+                "'token_ids' and 'padding_mask' must have the same shape, (batch, "
+                f"length) or (length,). Received {token_ids.shape} and {padding_mask.shape}."
+            )
+        if not np.issubdtype(token_ids.dtype, np.integer):
+            raise ValueError(f"'token_ids' must be integers. Received dtype {token_ids.dtype}.")
+        if token_ids.shape[0] == 0:
+            raise ValueError("`generate()` got an empty batch of prompts.")
+        padding_mask = padding_mask.astype(bool)
+        length = token_ids.shape[1]
+        if max_length is not None:
+            if max_length < length:
+                raise ValueError(
+                    f"max_length={max_length} cannot apply to token inputs of length "
+                    f"{length}: without a preprocessor, `max_length` only pads the "
+                    "inputs on the right (room for new tokens). Truncate or re-pad "
+                    "your inputs, or leave `max_length=None` to fill the given length."
+                )
+            extra = max_length - length
+            token_ids = np.pad(token_ids, [(0, 0), (0, extra)])
+            padding_mask = np.pad(padding_mask, [(0, 0), (0, extra)])
+            length = max_length
+        limit = self.backbone.max_sequence_length
+        if length > limit:
+            raise ValueError(
+                f"Token inputs have length {length}, longer than this model's "
+                f"max_sequence_length={limit}."
+            )
+        lengths = padding_mask.sum(axis=1)
+        if (lengths == 0).any():
+            row = int(np.argmin(lengths))
+            raise ValueError(
+                f"Prompt {row} is empty (its padding_mask has no real token). Every "
+                "prompt needs at least one token, e.g. the start token."
+            )
+        row_end = length - np.argmax(padding_mask[:, ::-1], axis=1)
+        if (row_end >= length).any():
+            row = int(np.argmax(row_end))
+            raise ValueError(
+                f"Prompt {row} fills the whole length {length}, leaving no room to "
+                "generate. Pad the inputs on the right or pass a larger `max_length`."
+            )
+        return {"token_ids": token_ids.astype("int32"), "padding_mask": padding_mask}, is_scalar
+
+    def _string_inputs(self, inputs, max_length):
+        """Tokenize prompts with the preprocessor, with clear errors."""
+        is_scalar = isinstance(inputs, (str, bytes))
+        prompts = [inputs] if is_scalar else list(_to_numpy(inputs).tolist() if not isinstance(inputs, (list, tuple)) else inputs)
+        prompts = [p.decode("utf-8") if isinstance(p, bytes) else p for p in prompts]
+        if not prompts:
+            raise ValueError("`generate()` got an empty list of prompts.")
+        for i, prompt in enumerate(prompts):
+            if not isinstance(prompt, str):
+                raise TypeError(
+                    f"Prompts must be strings; prompt {i} is {type(prompt).__name__}: {prompt!r}."
+                )
+            if not prompt:
+                raise ValueError(
+                    f"Prompt {i} is an empty string. Give every prompt some text."
+                )
+        if max_length is None:
+            max_length = self._check_max_length(self.preprocessor.sequence_length)
+        x = self.preprocessor.generate_preprocess(prompts, sequence_length=max_length)
+        padding_mask = np.asarray(x["padding_mask"]).astype(bool)
+        full = padding_mask.all(axis=1)
+        if full.any():
+            row = int(np.argmax(full))
+            count = len(self.preprocessor.tokenizer.tokenize(prompts[row]))
+            raise ValueError(
+                f"Prompt {row} has {count} tokens (plus the start token), which does "
+                f"not leave room to generate within max_length={max_length}. Pass a "
+                "larger `max_length` or a shorter prompt."
+            )
+        return {
+            "token_ids": np.asarray(x["token_ids"]).astype("int32"),
+            "padding_mask": padding_mask,
+        }, is_scalar
+
+    @staticmethod
+    def _strip_prompt(outputs, inputs):
+        """Move each row's new tokens to the front; mask the rest."""
+        token_ids, mask = outputs["token_ids"], outputs["padding_mask"]
+        prompt_mask = inputs["padding_mask"]
+        length = prompt_mask.shape[1]
+        row_end = length - np.argmax(prompt_mask[:, ::-1], axis=1)
+        new_ids = np.zeros_like(token_ids)
+        new_mask = np.zeros_like(mask)
+        for row, end in enumerate(row_end):
+            new_ids[row, : length - end] = token_ids[row, end:]
+            new_mask[row, : length - end] = mask[row, end:]
+        return {"token_ids": new_ids, "padding_mask": new_mask}
+
+    def generate(self, inputs, max_length=None, stop_token_ids="auto", strip_prompt=False):
+        """Continue prompts token by token.
+
+        The decoding strategy is the `sampler` given to `compile()`. Prompts
+        of different lengths can share a batch: each row gets exactly the
+        tokens it would get alone (for deterministic samplers).
+
+        Args:
+            inputs: with a preprocessor, a string, a list of strings or a
+                batched `tf.data.Dataset` of strings; without one (or
+                always), a dict of `"token_ids"` and `"padding_mask"` arrays
+                `(batch, length)` or `(length,)`. In a token dict, positions
+                after each row's last real token are filled with new tokens;
+                padding before the prompt (left padding, as Transformers
+                users pass) is kept and does not change the result.
+            max_length: int. The total length (prompt + new tokens). With a
+                preprocessor it defaults to the preprocessor's
+                `sequence_length`; with token inputs it pads them on the
+                right to this length (it cannot shorten them).
+            stop_token_ids: `"auto"` (the tokenizer's end token,
+                `<|endoftext|>`), None (always fill `max_length`), or a list
+                of ids. Generation stops once every sequence has produced one.
+            strip_prompt: bool. If True, return only the new tokens.
+
+        Returns:
+            A string or a list of strings for string inputs; otherwise a
+            dict of NumPy `"token_ids"` and `"padding_mask"` (False on
+            padding and after a stop token).
+
+        Example:
+        ```python
+        causal_lm.generate("I want to say", max_length=30)
+        causal_lm.generate(["two prompts", "of different lengths here"], max_length=40)
+        prompt = {"token_ids": np.array([[5338, 318, 0, 0]]), "padding_mask": np.array([[1, 1, 0, 0]])}
+        causal_lm.generate(prompt, stop_token_ids=None)
+        ```
+        """
+        max_length = self._check_max_length(max_length)
+        if _is_tf_dataset(inputs):
+            batches = [self._decode_batch(b) for b in inputs.as_numpy_iterator()]
+            outputs = [
+                self.generate(b, max_length=max_length, stop_token_ids=stop_token_ids, strip_prompt=strip_prompt)
+                for b in batches
+            ]
+            if outputs and isinstance(outputs[0], dict):
+                return {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
+            return [s for o in outputs for s in (o if isinstance(o, list) else [o])]
+        stop_token_ids = self._stop_token_ids(stop_token_ids)
+        use_preprocessor = not isinstance(inputs, dict)
+        if use_preprocessor:
+            if self.preprocessor is None:
+                raise ValueError(
+                    "This model has no preprocessor, so `generate()` needs a dict of "
+                    "'token_ids' and 'padding_mask'. Received "
+                    f"{type(inputs).__name__}. Attach a preprocessor to generate from strings."
+                )
+            if not _is_string_data(inputs) and not (isinstance(inputs, (list, tuple)) and not inputs):
+                raise TypeError(
+                    "`generate()` takes a string, a list of strings, or a dict of token "
+                    f"ids. Received {type(inputs).__name__}: {inputs!r:.100}"
+                )
+            batch, is_scalar = self._string_inputs(inputs, max_length)
+        else:
+            batch, is_scalar = self._token_inputs(inputs, max_length)
+        generate_function = self.make_generate_function()
+        outputs = generate_function(batch, stop_token_ids=stop_token_ids)
+        outputs = {
+            "token_ids": _to_numpy(outputs["token_ids"]).astype("int32"),
+            "padding_mask": _to_numpy(outputs["padding_mask"]).astype(bool),
+        }
+        if strip_prompt:
+            outputs = self._strip_prompt(outputs, batch)
+        if use_preprocessor:
+            texts = self.preprocessor.generate_postprocess(outputs)
+            return texts[0] if is_scalar else list(texts)
+        if is_scalar:
+            return {key: value[0] for key, value in outputs.items()}
+        return outputs
+
+    @staticmethod
+    def _decode_batch(batch):
+        if isinstance(batch, np.ndarray) and batch.dtype.kind in "SO":
+            return [b.decode("utf-8") if isinstance(b, bytes) else b for b in batch.tolist()]
+        return batch

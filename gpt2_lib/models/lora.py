@@ -1,0 +1,635 @@
+"""LoRA adapters for a `Backbone`: enable, save, load and merge.
+
+Low-rank adaptation (Hu et al., 2021) freezes a pretrained network and
+learns, for some of its projections, a low-rank update `W + (alpha / rank) *
+A @ B`. The adapters are tiny, so they train on small machines and are
+shared as a file of kilobytes instead of a whole model.
+
+The adapters themselves are Keras's: `enable_lora` calls
+`keras.layers.EinsumDense.enable_lora` / `keras.layers.Dense.enable_lora` on
+each target layer (creating the float32 `lora_kernel_a` and `lora_kernel_b`,
+`B` initialized to zero so the model starts unchanged). This module adds
+what a whole backbone needs on top: choosing the targets by name, freezing
+every other weight (biases included), a `.lora.h5` adapter file keyed by
+stable layer paths, all-or-nothing loading, and merging the adapters back
+into the base kernels.
+
+Typical use goes through the `Backbone` methods of the same names:
+
+```python
+backbone = gpt2_lib.models.GPT2Backbone.from_preset("gpt2_base_en")
+backbone.enable_lora(rank=8)  # query and value of every block
+# ... compile and fit: only the adapters train ...
+backbone.save_lora_weights("shakespeare.lora.h5")
+
+other = gpt2_lib.models.GPT2Backbone.from_preset("gpt2_base_en")
+other.load_lora_weights("shakespeare.lora.h5")  # same outputs
+other.merge_lora_weights()  # an ordinary backbone again
+other.save_to_preset("./gpt2_shakespeare")
+```
+"""
+
+import json
+import os
+import tempfile
+
+import h5py
+import keras
+import numpy as np
+from keras import ops
+
+LORA_FILE_SUFFIX = ".lora.h5"
+FORMAT_NAME = "gpt2_lib.lora"
+FORMAT_VERSION = 1
+
+# KerasHub's attribute names for the attention projections -> layer names.
+LAYER_NAME_ALIASES = {
+    "query_dense": "query",
+    "key_dense": "key",
+    "value_dense": "value",
+    "output_dense": "attention_output",
+}
+
+# Config keys worth naming when a file comes from a differently sized model.
+_SIZE_KEYS = (
+    "vocabulary_size",
+    "num_layers",
+    "num_heads",
+    "hidden_dim",
+    "intermediate_dim",
+    "max_sequence_length",
+)
+
+
+class LoraState:
+    """What `enable_lora` did to a backbone, so it can be saved and undone.
+
+    Kept as a plain object (not a list/dict) so Keras does not track it.
+    """
+
+    def __init__(self, rank, alpha, target_layer_names, layers, trainable_before):
+        self.rank = rank
+        self.alpha = alpha
+        self.target_layer_names = list(target_layer_names)
+        self.layers = dict(layers)  # {path: layer}, sorted by path
+        self.trainable_before = trainable_before  # [(layer or variable, bool)]
+
+
+# === Public helpers ===
+
+
+def lora_enabled(backbone):
+    """Whether `backbone` currently has LoRA adapters (from `enable_lora`)."""
+    return getattr(backbone, "_lora_state", None) is not None
+
+
+def lora_config(backbone):
+    """The backbone's LoRA settings, or None when LoRA is not enabled.
+
+    Returns:
+        `{"rank": int, "alpha": float, "target_layer_names": [str],
+        "target_layer_paths": [str]}`.
+    """
+    state = getattr(backbone, "_lora_state", None)
+    if state is None:
+        return None
+    return {
+        "rank": state.rank,
+        "alpha": state.alpha,
+        "target_layer_names": list(state.target_layer_names),
+        "target_layer_paths": list(state.layers),
+    }
+
+
+def save_to_preset_refusal_message(backbone):
+    """The error text for saving a preset from a backbone with LoRA enabled.
+
+    A preset holds plain weights that any GPT-2 loader reads; adapters would
+    either be lost or change the weights silently, so saving is refused.
+    """
+    config = lora_config(backbone)
+    return (
+        f"Cannot save a preset from {type(backbone).__name__} "
+        f"'{backbone.name}': LoRA is enabled (rank={config['rank']}, "
+        f"alpha={config['alpha']:g}, {len(config['target_layer_paths'])} "
+        "adapted layers), and a preset holds only plain weights. Call "
+        "`backbone.merge_lora_weights()` first to fold the adapters into the "
+        "kernels and save the fine-tuned model, or use "
+        "`backbone.save_lora_weights('name.lora.h5')` to save only the adapters."
+    )
+
+
+class LoraEnabledError(ValueError):
+    """Raised when an operation needs a backbone without LoRA adapters."""
+
+
+def check_lora_disabled(backbone):
+    """Raise `LoraEnabledError` (a `ValueError`) if `backbone` has adapters.
+
+    `save_to_preset` calls this before writing anything.
+    """
+    if lora_enabled(backbone):
+        raise LoraEnabledError(save_to_preset_refusal_message(backbone))
+
+
+# === Finding the target layers ===
+
+
+def _layer_paths(backbone):
+    """`{path: layer}` for every sublayer, paths built from layer names.
+
+    A path such as `"transformer_layer_0/self_attention/query"` names the
+    layer by its place in the tree, so it does not depend on the order of
+    `backbone.layers` nor on the name scope the backbone was built in. It
+    equals `layer.path` for a backbone built on its own.
+    """
+    paths = {}
+
+    def visit(layer, prefix):
+        for child in layer._layers:
+            path = f"{prefix}{child.name}"
+            paths.setdefault(path, []).append(child)
+            visit(child, f"{path}/")
+
+    visit(backbone, "")
+    return paths
+
+
+def adaptable_layers(backbone):
+    """`{path: layer}` of the `Dense`/`EinsumDense` layers LoRA can adapt."""
+    layers = {}
+    for path, found in _layer_paths(backbone).items():
+        found = [layer for layer in found if _supports_lora(layer)]
+        if len(found) > 1:
+            raise ValueError(
+                f"Two layers of {backbone.name} share the path {path!r}; "
+                "LoRA needs unique layer paths."
+            )
+        if found:
+            layers[path] = found[0]
+    return dict(sorted(layers.items()))
+
+
+def _supports_lora(layer):
+    return isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense))
+
+
+def resolve_target_layers(backbone, target_layer_names):
+    """The layers named by `target_layer_names`, as `{path: layer}`.
+
+    Each name is a layer name (`"query"`, matching that layer in every
+    block), one of KerasHub's attribute names (`"query_dense"`), or a full
+    path (`"transformer_layer_0/self_attention/query"`).
+    """
+    if isinstance(target_layer_names, str):
+        raise TypeError(
+            "`target_layer_names` must be a list of layer names, not a string. "
+            f"Received: {target_layer_names!r}; pass [{target_layer_names!r}]."
+        )
+    names = list(target_layer_names)
+    if not names:
+        raise ValueError("`target_layer_names` is empty; name at least one layer.")
+    candidates = adaptable_layers(backbone)
+    all_paths = _layer_paths(backbone)
+    targets = {}
+    for name in names:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"Layer names must be strings. Received: {name!r} in "
+                f"target_layer_names={names!r}."
+            )
+        layer_name = LAYER_NAME_ALIASES.get(name, name)
+        matches = {
+            path: layer
+            for path, layer in candidates.items()
+            if path == layer_name or path.rsplit("/", 1)[-1] == layer_name
+        }
+        if not matches:
+            other = [
+                path
+                for path, found in all_paths.items()
+                if path == layer_name or path.rsplit("/", 1)[-1] == layer_name
+            ]
+            if other:
+                kind = type(all_paths[other[0]][0]).__name__
+                raise ValueError(
+                    f"Layer {name!r} is a {kind}; LoRA adapts only Dense and "
+                    "EinsumDense layers. Choose from: "
+                    f"{_layer_name_choices(candidates)}."
+                )
+            raise ValueError(
+                f"No layer named {name!r} in {type(backbone).__name__}. Choose "
+                f"layer names from {_layer_name_choices(candidates)} (or KerasHub's "
+                f"{sorted(LAYER_NAME_ALIASES)}), or full layer paths such as "
+                f"{next(iter(candidates))!r}."
+            )
+        targets.update(matches)
+    return dict(sorted(targets.items()))
+
+
+def _layer_name_choices(candidates):
+    return sorted({path.rsplit("/", 1)[-1] for path in candidates})
+
+
+# === Enabling ===
+
+
+def _check_rank(rank):
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or rank <= 0:
+        raise ValueError(f"`rank` must be a positive integer. Received: rank={rank!r}")
+    return int(rank)
+
+
+def _check_alpha(alpha, rank):
+    if alpha is None:
+        return float(rank)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)):
+        raise ValueError(f"`alpha` must be a positive number. Received: alpha={alpha!r}")
+    if not np.isfinite(alpha) or alpha <= 0:
+        raise ValueError(f"`alpha` must be a positive number. Received: alpha={alpha!r}")
+    return float(alpha)
+
+
+def _check_can_adapt(backbone, layers):
+    for path, layer in layers.items():
+        if getattr(layer, "lora_enabled", False):
+            raise ValueError(
+                f"Layer {path!r} already has LoRA enabled outside "
+                "`Backbone.enable_lora`; build a fresh backbone."
+            )
+        if layer.kernel_constraint is not None:
+            raise ValueError(
+                f"Layer {path!r} has a kernel constraint, which Keras's LoRA "
+                "does not support. Remove the constraint first."
+            )
+        if layer.quantization_mode is not None:
+            raise ValueError(
+                f"Layer {path!r} is quantized ({layer.quantization_mode}); "
+                "enable LoRA on the float model."
+            )
+
+
+def _trainable_snapshot(backbone):
+    """Every layer's and weight's `trainable` flag, parents before children."""
+    layers = [backbone] + list(backbone._flatten_layers(include_self=False))
+    snapshot = [(layer, layer.trainable) for layer in layers]
+    snapshot += [(variable, variable.trainable) for variable in backbone.weights]
+    return snapshot
+
+
+def _add_adapters(backbone, layers, rank, alpha, target_layer_names):
+    """Freeze everything and add adapters to `layers`; no checks."""
+    snapshot = _trainable_snapshot(backbone)
+    backbone.trainable = True
+    for layer in backbone._flatten_layers(include_self=False):
+        layer.trainable = False
+    for layer in layers.values():
+        layer.trainable = True
+        layer.enable_lora(rank, lora_alpha=alpha)
+        # Keras freezes the kernel; the bias must not train either.
+        for variable in layer.weights:
+            if variable is not layer.lora_kernel_a and variable is not layer.lora_kernel_b:
+                variable.trainable = False
+    backbone._lora_state = LoraState(rank, alpha, target_layer_names, layers, snapshot)
+    _refresh_torch_parameters(backbone)
+
+
+def enable_lora(backbone, rank, target_layer_names=None, alpha=None):
+    """Freeze `backbone` and add rank-`rank` LoRA adapters to target layers.
+
+    After this, `backbone.trainable_weights` are exactly the adapter matrices
+    (`lora_kernel_a`, `lora_kernel_b` of each target); every base weight,
+    biases included, is frozen. Compile (or re-compile) after enabling.
+
+    Args:
+        backbone: a built `Backbone`.
+        rank: int, the rank of the adapters.
+        target_layer_names: list of layer names (`"query"`, `"value"`,
+            KerasHub's `"query_dense"`, ...) or full layer paths
+            (`"transformer_layer_0/self_attention/query"`). Defaults to
+            `backbone.default_lora_layer_names()`.
+        alpha: float, the update is scaled by `alpha / rank`. Defaults to
+            `rank` (scale 1), as in Keras.
+
+    Example:
+    ```python
+    backbone = gpt2_lib.models.GPT2Backbone(
+        vocabulary_size=97, num_layers=2, num_heads=4, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=64,
+    )
+    backbone.enable_lora(rank=4)
+    len(backbone.trainable_weights)  # 8: A and B for query, value of 2 blocks
+    ```
+    """
+    rank = _check_rank(rank)
+    alpha = _check_alpha(alpha, rank)
+    if lora_enabled(backbone):
+        config = lora_config(backbone)
+        raise ValueError(
+            f"LoRA is already enabled on {backbone.name} (rank={config['rank']}). "
+            "Call `merge_lora_weights()` to fold the adapters in before "
+            "enabling new ones, or build a fresh backbone."
+        )
+    if target_layer_names is None:
+        target_layer_names = backbone.default_lora_layer_names()
+    layers = resolve_target_layers(backbone, target_layer_names)
+    _check_can_adapt(backbone, layers)
+    _add_adapters(backbone, layers, rank, alpha, target_layer_names)
+
+
+# === Removing and merging ===
+
+
+def _refresh_torch_parameters(backbone):
+    """Make `backbone.parameters()` list the current variables (torch only).
+
+    Keras's torch layers register their variables in a `torch_params` dict
+    when built; adapters added or deleted later would be missing from (or
+    linger in) `backbone.named_parameters()`. Rebuilding those dicts keeps
+    torch-side optimizers and `state_dict()` right. Other backends have no
+    such dicts and this does nothing.
+    """
+    for layer in [backbone] + list(backbone._flatten_layers(include_self=False)):
+        if "_torch_params" in getattr(layer, "_modules", {}):
+            layer._track_variables()
+
+
+def _remove_adapters(backbone):
+    """Delete the adapter variables and restore the trainable flags."""
+    state = backbone._lora_state
+    for layer in state.layers.values():
+        if not getattr(layer, "lora_enabled", False):
+            continue
+        del layer.lora_kernel_a  # Keras untracks a deleted variable.
+        del layer.lora_kernel_b
+        layer.lora_enabled = False
+        layer.lora_rank = None
+        layer.lora_alpha = None
+    for obj, trainable in state.trainable_before:
+        obj.trainable = trainable
+    backbone._lora_state = None
+    _refresh_torch_parameters(backbone)
+
+
+def merge_lora_weights(backbone):
+    """Fold the adapters into the base kernels and remove them.
+
+    Each target kernel becomes `kernel + (alpha / rank) * A @ B` (computed in
+    float32, stored in the kernel's dtype), the adapter variables are
+    deleted and every weight gets back the `trainable` flag it had before
+    `enable_lora`. Outputs are unchanged (up to float rounding), and the
+    backbone saves as an ordinary preset.
+
+    Example:
+    ```python
+    backbone.enable_lora(4)
+    # ... fit ...
+    backbone.merge_lora_weights()
+    backbone.save_to_preset("./my_finetuned_gpt2")
+    ```
+    """
+    if not lora_enabled(backbone):
+        raise ValueError(
+            f"LoRA is not enabled on {backbone.name}; nothing to merge. "
+            "Call `enable_lora(rank)` or `load_lora_weights(path)` first."
+        )
+    state = backbone._lora_state
+    merged = {}
+    for path, layer in state.layers.items():
+        delta = ops.matmul(layer.lora_kernel_a, layer.lora_kernel_b)
+        kernel = ops.add(ops.cast(layer._kernel, "float32"), (state.alpha / state.rank) * delta)
+        merged[path] = ops.cast(kernel, layer._kernel.dtype)
+    for path, layer in state.layers.items():
+        layer._kernel.assign(merged[path])
+    _remove_adapters(backbone)
+
+
+# === The adapter file ===
+
+
+def _check_lora_filepath(filepath):
+    if not isinstance(filepath, (str, os.PathLike)):
+        raise TypeError(
+            f"`filepath` must be a string or path. Received: {type(filepath).__name__}."
+        )
+    filepath = os.fspath(filepath)
+    if not filepath.endswith(LORA_FILE_SUFFIX):
+        raise ValueError(
+            f"The LoRA file name must end in {LORA_FILE_SUFFIX!r}. Received: "
+            f"{filepath!r}; use e.g. "
+            f"{os.path.splitext(filepath)[0].removesuffix('.lora') + LORA_FILE_SUFFIX!r}."
+        )
+    return filepath
+
+
+def _size_config(backbone):
+    config = backbone.get_config()
+    return {key: config[key] for key in _SIZE_KEYS if key in config}
+
+
+def save_lora_weights(backbone, filepath):
+    """Write the adapters, rank, alpha and targets to a `.lora.h5` file.
+
+    The file holds attributes `rank`, `alpha`, `target_layer_names` and
+    `target_layer_paths` (JSON), the backbone class and size, and for each
+    target a group `adapters/<layer path>` with datasets `lora_kernel_a` and
+    `lora_kernel_b`. It is written to a temporary file and renamed into
+    place, so a failed save never leaves a partial file.
+
+    Args:
+        backbone: a backbone with LoRA enabled.
+        filepath: str or path ending in `.lora.h5`.
+    """
+    filepath = _check_lora_filepath(filepath)
+    if not lora_enabled(backbone):
+        raise ValueError(
+            f"LoRA is not enabled on {backbone.name}; there are no adapters to "
+            "save. Call `enable_lora(rank)` and train first, or save the whole "
+            "model with `save_to_preset`."
+        )
+    directory = os.path.dirname(os.path.abspath(filepath))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(
+            f"Directory {directory!r} does not exist; create it before saving "
+            f"{filepath!r}."
+        )
+    state = backbone._lora_state
+    fd, tmp_path = tempfile.mkstemp(
+        prefix=f".{os.path.basename(filepath)}.", suffix=".tmp", dir=directory
+    )
+    os.close(fd)
+    try:
+        with h5py.File(tmp_path, "w") as f:
+            f.attrs["format"] = FORMAT_NAME
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["rank"] = state.rank
+            f.attrs["alpha"] = state.alpha
+            f.attrs["target_layer_names"] = json.dumps(state.target_layer_names)
+            f.attrs["target_layer_paths"] = json.dumps(list(state.layers))
+            f.attrs["backbone_class"] = type(backbone).__name__
+            f.attrs["backbone_config"] = json.dumps(_size_config(backbone))
+            adapters = f.create_group("adapters")
+            for path, layer in state.layers.items():
+                group = adapters.create_group(path)
+                group["lora_kernel_a"] = ops.convert_to_numpy(layer.lora_kernel_a)
+                group["lora_kernel_b"] = ops.convert_to_numpy(layer.lora_kernel_b)
+        os.replace(tmp_path, filepath)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise
+
+
+def _read_lora_file(filepath):
+    """Read and check the structure of a `.lora.h5` file into NumPy."""
+    if not os.path.isfile(filepath):
+        raise FileNotFoundError(f"LoRA file {filepath!r} does not exist.")
+    try:
+        f = h5py.File(filepath, "r")
+    except OSError as e:
+        raise ValueError(f"{filepath!r} is not a readable HDF5 file: {e}") from e
+    with f:
+        if f.attrs.get("format") != FORMAT_NAME:
+            raise ValueError(
+                f"{filepath!r} is not a gpt2_lib LoRA file (no "
+                f"format={FORMAT_NAME!r} attribute); write one with "
+                "`backbone.save_lora_weights(path)`."
+            )
+        version = int(f.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise ValueError(
+                f"{filepath!r} has LoRA file format version {version}; this "
+                f"gpt2_lib reads version {FORMAT_VERSION}."
+            )
+        try:
+            info = {
+                "rank": int(f.attrs["rank"]),
+                "alpha": float(f.attrs["alpha"]),
+                "target_layer_names": json.loads(f.attrs["target_layer_names"]),
+                "target_layer_paths": json.loads(f.attrs["target_layer_paths"]),
+                "backbone_class": str(f.attrs["backbone_class"]),
+                "backbone_config": json.loads(f.attrs["backbone_config"]),
+            }
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{filepath!r} has missing or malformed LoRA attributes: {e}") from e
+        arrays = {}
+        for path in info["target_layer_paths"]:
+            if path not in f.get("adapters", {}):
+                raise ValueError(f"{filepath!r} lists target {path!r} but has no adapters for it.")
+            group = f["adapters"][path]
+            pair = []
+            for key in ("lora_kernel_a", "lora_kernel_b"):
+                if key not in group or not isinstance(group[key], h5py.Dataset):
+                    raise ValueError(f"{filepath!r} has no {key} for {path!r}.")
+                dataset = group[key]
+                if dataset.dtype.kind != "f":
+                    raise ValueError(
+                        f"{filepath!r}: {path}/{key} has dtype {dataset.dtype}; "
+                        "expected floats."
+                    )
+                pair.append(np.asarray(dataset[()], dtype="float32"))
+            arrays[path] = tuple(pair)
+    return info, arrays
+
+
+def _size_mismatch_hint(backbone, info):
+    ours = _size_config(backbone)
+    theirs = info["backbone_config"]
+    diffs = [
+        f"{key}={theirs[key]} (this backbone: {ours[key]})"
+        for key in _SIZE_KEYS
+        if key in ours and key in theirs and ours[key] != theirs[key]
+    ]
+    if not diffs:
+        return ""
+    return (
+        f" The file was saved from a {info['backbone_class']} of another size: "
+        + ", ".join(diffs)
+        + "."
+    )
+
+
+def load_lora_weights(backbone, filepath):
+    """Load adapters written by `save_lora_weights`.
+
+    On a backbone without LoRA this enables LoRA with the file's rank, alpha
+    and targets; on a backbone with LoRA the file's rank, alpha and targets
+    must match. The file is read and checked completely before anything
+    changes, so an error (wrong rank, targets or shapes, a backbone of
+    another size) leaves the backbone as it was.
+
+    Args:
+        backbone: a `Backbone` with the same base architecture as the one
+            the adapters were trained on.
+        filepath: str or path ending in `.lora.h5`.
+
+    Example:
+    ```python
+    backbone = gpt2_lib.models.GPT2Backbone.from_preset("gpt2_base_en")
+    backbone.load_lora_weights("shakespeare.lora.h5")
+    ```
+    """
+    filepath = _check_lora_filepath(filepath)
+    info, arrays = _read_lora_file(filepath)
+    hint = _size_mismatch_hint(backbone, info)
+    file_paths = list(info["target_layer_paths"])
+
+    if lora_enabled(backbone):
+        config = lora_config(backbone)
+        for key in ("rank", "alpha"):
+            if config[key] != info[key]:
+                raise ValueError(
+                    f"{filepath!r} has LoRA {key}={info[key]:g} but this backbone "
+                    f"has {key}={config[key]:g}. Load it into a backbone without "
+                    "LoRA (it enables LoRA with the file's settings), or call "
+                    "`merge_lora_weights()` first." + hint
+                )
+        layers = backbone._lora_state.layers
+        if sorted(layers) != sorted(file_paths):
+            raise ValueError(_targets_mismatch(filepath, file_paths, list(layers)) + hint)
+    else:
+        try:
+            layers = resolve_target_layers(backbone, info["target_layer_names"])
+        except ValueError as e:
+            raise ValueError(f"Cannot apply {filepath!r}: {e}{hint}") from e
+        if sorted(layers) != sorted(file_paths):
+            raise ValueError(_targets_mismatch(filepath, file_paths, list(layers)) + hint)
+        _check_can_adapt(backbone, layers)
+
+    for path, layer in layers.items():
+        if getattr(layer, "lora_enabled", False):
+            expected = (tuple(layer.lora_kernel_a.shape), tuple(layer.lora_kernel_b.shape))
+        else:
+            kernel_shape = tuple(layer._kernel.shape)
+            expected = (kernel_shape[:-1] + (info["rank"],), (info["rank"], kernel_shape[-1]))
+        actual = tuple(array.shape for array in arrays[path])
+        if actual != expected:
+            raise ValueError(
+                f"{filepath!r}: adapter shapes for {path!r} are {actual}, this "
+                f"backbone needs {expected}." + hint
+            )
+
+    enabled_here = not lora_enabled(backbone)
+    if enabled_here:
+        _add_adapters(
+            backbone, layers, info["rank"], info["alpha"], info["target_layer_names"]
+        )
+    try:
+        for path, layer in layers.items():
+            layer.lora_kernel_a.assign(arrays[path][0])
+            layer.lora_kernel_b.assign(arrays[path][1])
+    except BaseException:
+        if enabled_here:
+            _remove_adapters(backbone)
+        raise
+
+
+def _targets_mismatch(filepath, file_paths, model_paths):
+    missing = sorted(set(file_paths) - set(model_paths))
+    extra = sorted(set(model_paths) - set(file_paths))
+    return (
+        f"{filepath!r} adapts {len(file_paths)} layers but this backbone's "
+        f"targets are {len(model_paths)} layers. In the file only: "
+        f"{missing[:4]}{' ...' if len(missing) > 4 else ''}; in the backbone "
+        f"only: {extra[:4]}{' ...' if len(extra) > 4 else ''}."
+    )

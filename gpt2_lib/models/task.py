@@ -1,0 +1,316 @@
+"""`Task`: a backbone plus a preprocessor, ready for `fit()` and inference."""
+
+import math
+
+import keras
+import numpy as np
+
+from gpt2_lib.utils.classproperty import classproperty
+
+
+def _is_string_data(x):
+    """Whether `x` is a string or a batch of strings (raw text)."""
+    if isinstance(x, (str, bytes)):
+        return True
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind in "USO"
+    if isinstance(x, (list, tuple)) and x:
+        return all(isinstance(item, (str, bytes)) for item in x)
+    if type(x).__module__.startswith("tensorflow") and hasattr(x, "dtype"):
+        return getattr(x.dtype, "name", "") == "string"
+    return False
+
+
+def _is_tf_dataset(x):
+    return type(x).__module__.startswith("tensorflow") and hasattr(x, "as_numpy_iterator")
+
+
+def _decode(batch):
+    """tf.data string batches come as bytes; the preprocessor wants str."""
+    if isinstance(batch, np.ndarray) and batch.dtype.kind in "SO":
+        return [b.decode("utf-8") if isinstance(b, bytes) else b for b in batch.tolist()]
+    if isinstance(batch, bytes):
+        return batch.decode("utf-8")
+    return batch
+
+
+class _PreprocessedArrays(keras.utils.PyDataset):
+    """In-memory samples, batched and passed through a preprocessor."""
+
+    def __init__(self, preprocess, x, y=None, sample_weight=None, batch_size=None, shuffle=False):
+        super().__init__()
+        if isinstance(x, (str, bytes)):
+            x = [x]
+        self.preprocess = preprocess
+        self.x = np.asarray(x, dtype=object)
+        self.y = None if y is None else np.asarray(y)
+        self.sample_weight = None if sample_weight is None else np.asarray(sample_weight)
+        self.batch_size = 32 if batch_size is None else int(batch_size)
+        self.shuffle = shuffle
+        self.order = np.arange(len(self.x))
+        if shuffle:
+            np.random.shuffle(self.order)
+
+    @property
+    def num_batches(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size : (index + 1) * self.batch_size]
+        if len(rows) == 0:
+            raise IndexError(index)
+        y = None if self.y is None else self.y[rows]
+        sample_weight = None if self.sample_weight is None else self.sample_weight[rows]
+        return self.preprocess(self.x[rows].tolist(), y, sample_weight)
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            np.random.shuffle(self.order)
+
+
+class _PreprocessedIterable(keras.utils.PyDataset):
+    """Batches from a re-iterable source (a `tf.data.Dataset`), preprocessed."""
+
+    def __init__(self, preprocess, make_iterator):
+        super().__init__()
+        self.preprocess = preprocess
+        self.make_iterator = make_iterator
+        self._num_batches = sum(1 for _ in make_iterator())
+        self._iterator = None
+        self._next_index = 0
+
+    @property
+    def num_batches(self):
+        return self._num_batches
+
+    def __getitem__(self, index):
+        if index >= self._num_batches:
+            raise IndexError(index)
+        if self._iterator is None or index != self._next_index:
+            self._iterator = self.make_iterator()
+            for _ in range(index):
+                next(self._iterator)
+        self._next_index = index + 1
+        batch = next(self._iterator)
+        if isinstance(batch, tuple):
+            return self.preprocess(*[_decode(part) for part in batch])
+        return self.preprocess(_decode(batch))
+
+    def on_epoch_end(self):
+        self._iterator = None
+        self._next_index = 0
+
+
+@keras.saving.register_keras_serializable(package="gpt2_lib")
+class Task(keras.Model):
+    """Base class of the task models: a `Backbone`, a head and a preprocessor.
+
+    A `Task` is a functional `keras.Model` built on a
+    `gpt2_lib.models.Backbone` (`task.backbone`) with an optional
+    preprocessor (`task.preprocessor`). With a preprocessor attached,
+    `fit()`, `evaluate()` and `predict()` accept raw strings (a string, a
+    list or array of strings, or a batched `tf.data.Dataset` of strings)
+    and preprocess them batch by batch on every backend; set
+    `task.preprocessor = None` to feed already preprocessed inputs.
+
+    `from_preset()` builds the task, its backbone and its preprocessor from
+    a preset (inferring the task class when called on a base class), and
+    `save_to_preset()` writes KerasHub's task preset layout.
+
+    Args:
+        compile: bool. If True (the default), the task is compiled with
+            its default loss and optimizer on construction.
+        **kwargs: `keras.Model` arguments.
+
+    Example:
+    ```python
+    causal_lm = gpt2_lib.models.CausalLM.from_preset("gpt2_base_en")
+    type(causal_lm).__name__  # "GPT2CausalLM"
+    causal_lm.save_to_preset("./my_gpt2")
+    ```
+    """
+
+    backbone_cls = None
+    preprocessor_cls = None
+
+    def __init__(self, *args, compile=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._initialized = True
+        if self.backbone is not None:
+            self.dtype_policy = self.backbone.dtype_policy
+        if compile:
+            self.compile()
+
+    def __setattr__(self, name, value):
+        # On torch, `torch.nn.Module.__setattr__` refuses modules assigned
+        # before `Module.__init__` and bypasses property setters; our state is
+        # all in the functional graph, so plain attributes are enough there.
+        is_property = isinstance(getattr(type(self), name, None), property)
+        if keras.config.backend() == "torch" and (
+            is_property or not hasattr(self, "_initialized")
+        ):
+            return object.__setattr__(self, name, value)
+        return super().__setattr__(name, value)
+
+    def build(self, input_shape=None):
+        self.built = True
+
+    @property
+    def backbone(self):
+        """The `gpt2_lib.models.Backbone` with the core network."""
+        return getattr(self, "_backbone", None)
+
+    @backbone.setter
+    def backbone(self, value):
+        self._backbone = value
+
+    @property
+    def preprocessor(self):
+        """The preprocessor applied to raw inputs, or None."""
+        return getattr(self, "_preprocessor", None)
+
+    @preprocessor.setter
+    def preprocessor(self, value):
+        self._preprocessor = value
+
+    # Config -----------------------------------------------------------------
+
+    def get_config(self):
+        # Not chained to `Model.get_config()`: a functional model's config is
+        # its graph, which our constructors do not take.
+        return {
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "preprocessor": (
+                None
+                if self.preprocessor is None
+                else keras.saving.serialize_keras_object(self.preprocessor)
+            ),
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("backbone"), dict):
+            config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        if isinstance(config.get("preprocessor"), dict):
+            config["preprocessor"] = keras.saving.deserialize_keras_object(
+                config["preprocessor"]
+            )
+        return cls(**config)
+
+    # Presets ----------------------------------------------------------------
+
+    @classproperty
+    def presets(cls):
+        """Built-in presets this class can load: `{name: metadata}`."""
+        from gpt2_lib.preset_io.builtin import presets_for_class
+
+        return presets_for_class(cls)
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """Build a task (backbone, preprocessor and head) from a preset.
+
+        Called on a base class (`Task`, `CausalLM`), the concrete class is
+        inferred from the preset.
+
+        Args:
+            preset: a built-in name (see `presets`), a `kaggle://` or `hf://`
+                handle, or a local preset directory.
+            load_weights: bool. False gives freshly initialized weights.
+            **kwargs: overrides: `preprocessor=None` to skip it, backbone
+                config such as `dtype`, or preprocessor config such as
+                `sequence_length`.
+
+        Example:
+        ```python
+        causal_lm = gpt2_lib.models.GPT2CausalLM.from_preset(
+            "gpt2_base_en", dtype="bfloat16"
+        )
+        ```
+        """
+        from gpt2_lib.preset_io import load_task
+
+        return load_task(cls, preset, load_weights=load_weights, **kwargs)
+
+    def save_to_preset(self, preset_dir, max_shard_size=10):
+        """Save the task to a KerasHub-layout preset directory.
+
+        Writes `config.json`, `model.weights.h5` (the backbone),
+        `task.json`, `preprocessor.json`, `tokenizer.json` and the tokenizer
+        assets; the write is atomic.
+
+        Args:
+            preset_dir: the directory to write.
+            max_shard_size: int or float, in GB, see `Backbone.save_to_preset`.
+        """
+        from gpt2_lib.preset_io import save_task
+
+        save_task(self, preset_dir, max_shard_size=max_shard_size)
+
+    def export_to_transformers(self, path):
+        """Write a Transformers checkpoint (and tokenizer, if attached)."""
+        from gpt2_lib.preset_io import export_to_transformers
+
+        export_to_transformers(self, path)
+
+    # Data -------------------------------------------------------------------
+
+    def preprocess_samples(self, x, y=None, sample_weight=None):
+        """Apply the preprocessor to one batch (or pack it as is without one)."""
+        if self.preprocessor is None:
+            return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        return self.preprocessor(x, y=y, sample_weight=sample_weight)
+
+    def _prepare_data(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False):
+        """Route raw strings through the preprocessor, batch by batch.
+
+        Returns `(x, y, sample_weight, batch_size)` for `keras.Model`.
+        """
+        if self.preprocessor is not None:
+            if _is_tf_dataset(x):
+                return (
+                    _PreprocessedIterable(self.preprocess_samples, x.as_numpy_iterator),
+                    None,
+                    None,
+                    None,
+                )
+            if _is_string_data(x):
+                data = _PreprocessedArrays(
+                    self.preprocess_samples, x, y, sample_weight, batch_size, shuffle
+                )
+                return data, None, None, None
+        return x, y, sample_weight, batch_size
+
+    def fit(self, x=None, y=None, batch_size=None, sample_weight=None, shuffle=True, validation_data=None, **kwargs):
+        """`keras.Model.fit`, preprocessing raw strings if a preprocessor is attached."""
+        x, y, sample_weight, batch_size = self._prepare_data(
+            x, y, sample_weight, batch_size, shuffle
+        )
+        if validation_data is not None:
+            if not isinstance(validation_data, tuple):
+                validation_data = (validation_data,)
+            val = self._prepare_data(*validation_data[:3], batch_size=kwargs.get("validation_batch_size") or batch_size)
+            validation_data = val[0] if isinstance(val[0], keras.utils.PyDataset) else tuple(
+                v for v in val[:3] if v is not None
+            )
+        return super().fit(
+            x=x,
+            y=y,
+            batch_size=batch_size,
+            sample_weight=sample_weight,
+            shuffle=shuffle,
+            validation_data=validation_data,
+            **kwargs,
+        )
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        """`keras.Model.evaluate`, preprocessing raw strings if a preprocessor is attached."""
+        x, y, sample_weight, batch_size = self._prepare_data(x, y, sample_weight, batch_size)
+        return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
+
+    def predict(self, x, batch_size=None, **kwargs):
+        """`keras.Model.predict`, preprocessing raw strings if a preprocessor is attached."""
+        x, _, _, batch_size = self._prepare_data(x, batch_size=batch_size)
+        return super().predict(x, batch_size=batch_size, **kwargs)

@@ -1,0 +1,28 @@
+"""Greedy decoding: always the most likely token."""
+
+import keras
+from keras import ops
+
+from gpt2_lib.samplers.sampler import Sampler
+
+
+@keras.saving.register_keras_serializable(package="gpt2_lib")
+class GreedySampler(Sampler):
+    """Greedy search: the next token is the most probable one.
+
+    Deterministic; equal to Transformers' `generate(do_sample=False,
+    num_beams=1)`.
+
+    Example:
+    ```python
+    causal_lm.compile(sampler="greedy")
+    causal_lm.compile(sampler=gpt2_lib.samplers.GreedySampler())
+    causal_lm.generate("Keras is a")
+    ```
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+
+    def get_next_token(self, probabilities):
+        return ops.argmax(probabilities, axis=-1)

@@ -1,0 +1,123 @@
+"""attention_kernel.dot_product_attention against a NumPy reference."""
+
+import keras
+import numpy as np
+import pytest
+
+from gpt2_lib.layers import attention_kernel
+from gpt2_lib.layers.attention_kernel import dot_product_attention
+
+
+def reference_attention(query, key, value, mask, scale, is_causal):
+    """Softmax attention written out in NumPy (float64)."""
+    query, key, value = (np.asarray(x, "float64") for x in (query, key, value))
+    logits = np.einsum("bqnh,bknh->bnqk", query, key) * scale
+    allowed = np.ones(logits.shape, bool)
+    if mask is not None:
+        allowed &= np.asarray(mask, bool)
+    if is_causal:
+        allowed &= np.tril(np.ones(logits.shape[-2:], bool))
+    logits = np.where(allowed, logits, -np.inf)
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    return np.einsum("bnqk,bknh->bqnh", probs, value)
+
+
+def qkv(batch, query_length, key_length, heads=3, head_dim=8, seed=0):
+    rng = np.random.default_rng(seed)
+    query = rng.standard_normal((batch, query_length, heads, head_dim)).astype("float32")
+    key = rng.standard_normal((batch, key_length, heads, head_dim)).astype("float32")
+    value = rng.standard_normal((batch, key_length, heads, head_dim)).astype("float32")
+    return query, key, value
+
+
+def padded_causal_mask(padding):
+    """(batch, 1, seq, seq): causal, real keys only, a query always sees itself."""
+    padding = np.asarray(padding, bool)
+    seq = padding.shape[1]
+    causal = np.tril(np.ones((seq, seq), bool))
+    mask = causal[None] & (padding[:, None, :] | np.eye(seq, dtype=bool)[None])
+    return mask[:, None]
+
+
+def check(query, key, value, mask, is_causal, scale=0.3):
+    actual = dot_product_attention(
+        query, key, value, mask=mask, scale=scale, is_causal=is_causal
+    )
+    expected = reference_attention(query, key, value, mask, scale, is_causal)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(actual), expected, atol=2e-5)
+
+
+@pytest.fixture(params=[None, 4], ids=["default_block", "block_4"])
+def block_size(request, monkeypatch):
+    """Run each test with the default block size and with blocks of 4 (so
+    10-token sequences take the blocked path, with a partial last block)."""
+    if request.param is not None:
+        monkeypatch.setattr(attention_kernel, "CAUSAL_BLOCK_SIZE", request.param)
+    return request.param
+
+
+def test_causal_without_mask(block_size):
+    check(*qkv(2, 10, 10), mask=None, is_causal=True)
+
+
+def test_causal_with_full_mask(block_size):
+    # A mask that removes nothing: the PyTorch path drops it for is_causal.
+    check(*qkv(2, 10, 10), mask=np.ones((2, 1, 10, 10), bool), is_causal=True)
+
+
+@pytest.mark.parametrize(
+    "padding",
+    [
+        [[1] * 10, [1] * 7 + [0] * 3],  # right padding
+        [[0] * 4 + [1] * 6, [1] * 10],  # left padding
+        [[0] * 9 + [1], [1, 0] * 5],  # almost all padding, holes
+    ],
+    ids=["right", "left", "holes"],
+)
+def test_causal_with_padded_batch(padding, block_size):
+    check(*qkv(2, 10, 10, seed=1), mask=padded_causal_mask(padding), is_causal=True)
+
+
+def test_causal_with_key_padding_mask_broadcast_over_queries(block_size):
+    padding = np.array([[1] * 10, [1] * 6 + [0] * 4], bool)
+    check(*qkv(2, 10, 10, seed=2), mask=padding[:, None, None, :], is_causal=True)
+
+
+def test_is_causal_applies_on_top_of_a_non_causal_mask(block_size):
+    # The mask lets every query see every key; is_causal must still hide the future.
+    query, key, value = qkv(1, 10, 10, seed=3)
+    mask = np.ones((1, 1, 10, 10), bool)
+    full = dot_product_attention(query, key, value, mask=mask, is_causal=True)
+    # The first query sees only the first key, so its output is that value.
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(full)[:, 0], value[:, 0], atol=1e-6
+    )
+
+
+def test_not_causal_uses_mask_only_for_cached_decoding():
+    # One new query at cache position 4 of 6, keys 0..4 real.
+    query, key, value = qkv(2, 1, 6, seed=4)
+    mask = np.array([[1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 0]], bool)[:, None, None, :]
+    check(query, key, value, mask=mask, is_causal=False)
+
+
+def test_not_causal_without_mask_is_full_attention():
+    check(*qkv(2, 5, 7, seed=5), mask=None, is_causal=False)
+
+
+def test_default_scale_is_inverse_sqrt_head_dim():
+    query, key, value = qkv(1, 6, 6, head_dim=16, seed=6)
+    actual = dot_product_attention(query, key, value, is_causal=True)
+    expected = reference_attention(query, key, value, None, 0.25, True)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(actual), expected, atol=2e-5)
+
+
+def test_matches_keras_dot_product_attention():
+    query, key, value = qkv(2, 10, 10, seed=7)
+    mask = padded_causal_mask([[1] * 10, [0] * 3 + [1] * 7])
+    expected = keras.ops.dot_product_attention(query, key, value, mask=mask, scale=0.3)
+    actual = dot_product_attention(query, key, value, mask=mask, scale=0.3, is_causal=True)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(actual), keras.ops.convert_to_numpy(expected), atol=2e-5
+    )
