@@ -13,12 +13,13 @@ materialized (`block_until_ready`, `.numpy()`, or a synchronous CPU call):
 
 * jax:         `jax.jit(backbone.stateless_call)` with the weights as arguments.
 * torch:       `backbone(inputs)` under `torch.inference_mode()` (eager).
-* tensorflow:  `tf.function(backbone, jit_compile=True)` (XLA).
+* tensorflow:  `tf.function(backbone, jit_compile=True)` (XLA) and
+  `tf.function(backbone, jit_compile=False)` (graph, oneDNN kernels).
 * transformers: `GPT2Model(attn_implementation="sdpa")` under
   `torch.inference_mode()`.
 
-`--all-variants` also times the alternatives (`predict_on_batch`, TF graph
-without XLA, `torch.compile`) to show which path is fastest.
+`--all-variants` also times `predict_on_batch` and `--torch-compile` adds `torch.compile(backbone)` (minutes to
+compile on 2 cores), to show which path is fastest.
 
 FLOPs per token (multiply-adds count 2):
     2 * num_layers * (4 * hidden^2 + 2 * hidden * intermediate)   dense layers
@@ -123,7 +124,7 @@ def _transformers_forwards(shapes, threads, all_variants):
     return forwards, info
 
 
-def _keras_forwards(backend, shapes, threads, all_variants):
+def _keras_forwards(backend, shapes, threads, all_variants, torch_compile=False):
     import keras
 
     from gpt2_lib.models import GPT2Backbone
@@ -174,7 +175,7 @@ def _keras_forwards(backend, shapes, threads, all_variants):
                     return backbone(inputs, training=False)
 
             forwards[("eager", batch, seq)] = forward
-            if all_variants:
+            if torch_compile:
                 compiled = torch.compile(backbone)
 
                 def forward_compiled(inputs=inputs):
@@ -187,9 +188,9 @@ def _keras_forwards(backend, shapes, threads, all_variants):
 
             xla = tf.function(lambda x: backbone(x, training=False), jit_compile=True)
             forwards[("xla", batch, seq)] = lambda inputs=inputs: xla(inputs).numpy()
-            if all_variants:
-                graph = tf.function(lambda x: backbone(x, training=False), jit_compile=False)
-                forwards[("graph", batch, seq)] = lambda inputs=inputs: graph(inputs).numpy()
+            # Without XLA, TF runs its oneDNN kernels op by op; time both.
+            graph = tf.function(lambda x: backbone(x, training=False), jit_compile=False)
+            forwards[("graph", batch, seq)] = lambda inputs=inputs: graph(inputs).numpy()
         if all_variants:
             forwards[("predict_on_batch", batch, seq)] = (
                 lambda np_inputs=np_inputs: backbone.predict_on_batch(np_inputs)
@@ -224,7 +225,9 @@ def worker_main(args):
         forwards, info = _transformers_forwards(shapes, args.threads, args.all_variants)
     else:
         os.environ["KERAS_BACKEND"] = args.worker
-        forwards, info = _keras_forwards(args.worker, shapes, args.threads, args.all_variants)
+        forwards, info = _keras_forwards(
+            args.worker, shapes, args.threads, args.all_variants, args.torch_compile
+        )
     compile_s = {}
     for key, forward in forwards.items():
         start = time.perf_counter()
@@ -265,6 +268,8 @@ class Worker:
             command += ["--threads", str(args.threads)]
         if args.all_variants:
             command.append("--all-variants")
+        if args.torch_compile:
+            command.append("--torch-compile")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         if name != "transformers":
             env["KERAS_BACKEND"] = name
@@ -313,6 +318,9 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=0, help="threads for every framework")
     parser.add_argument("--backends", default=",".join(WORKERS[1:]), help="Keras backends")
     parser.add_argument("--all-variants", action="store_true", help="also time alternatives")
+    parser.add_argument(
+        "--torch-compile", action="store_true", help="also time torch.compile (slow to build)"
+    )
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--verbose", action="store_true", help="show worker stderr")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -50,9 +50,9 @@ CONFIG = {
     "max_sequence_length": 256,
     "dropout": 0.1,
     "sequence_length": 128,
-    "batch_size": 32,
-    "steps": 3000,
-    "learning_rate": 2e-3,
+    "batch_size": 16,
+    "steps": 1500,
+    "learning_rate": 1.5e-3,
     "warmup_steps": 100,
     "weight_decay": 0.1,
 }

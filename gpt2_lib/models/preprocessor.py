@@ -77,9 +77,7 @@ def to_numpy(value):
     """Convert lists, NumPy arrays and backend tensors to NumPy."""
     if isinstance(value, np.ndarray):
         return value
-    if type(value).__module__.startswith("tensorflow") and hasattr(
-        value, "numpy"
-    ):
+    if type(value).__module__.startswith("tensorflow") and hasattr(value, "numpy"):
         return value.numpy()
     if keras.ops.is_tensor(value):
         return keras.ops.convert_to_numpy(value)
@@ -201,9 +199,7 @@ class Preprocessor:
 
     def call(self, x, y=None, sample_weight=None):
         """Preprocess `x` (and pass `y`, `sample_weight` through)."""
-        raise NotImplementedError(
-            f"{self.__class__.__name__} must implement `call()`."
-        )
+        raise NotImplementedError(f"{self.__class__.__name__} must implement `call()`.")
 
     def get_config(self):
         """Returns the config, with the serialized tokenizer nested."""
@@ -213,9 +209,7 @@ class Preprocessor:
             "config_file": self.config_file,
         }
         if self.tokenizer is not None:
-            config["tokenizer"] = keras.saving.serialize_keras_object(
-                self.tokenizer
-            )
+            config["tokenizer"] = keras.saving.serialize_keras_object(self.tokenizer)
         return config
 
     @classmethod

@@ -230,6 +230,12 @@ class Task(keras.Model):
         )
         ```
         """
+        if cls is Task:
+            raise ValueError(
+                "Do not call `Task.from_preset()` directly; call a task class, e.g. "
+                "`gpt2_lib.models.CausalLM.from_preset()` or "
+                "`gpt2_lib.models.GPT2CausalLM.from_preset()`."
+            )
         from gpt2_lib.preset_io import load_task
 
         return load_task(cls, preset, load_weights=load_weights, **kwargs)
@@ -250,10 +256,18 @@ class Task(keras.Model):
         save_task(self, preset_dir, max_shard_size=max_shard_size)
 
     def export_to_transformers(self, path):
-        """Write a Transformers checkpoint (and tokenizer, if attached)."""
+        """Write the model as a Transformers checkpoint directory.
+
+        The directory (`config.json` + `model.safetensors`) loads with
+        `transformers.GPT2LMHeadModel.from_pretrained(path)` (the LM head is
+        the tied token embedding).
+
+        Args:
+            path: the directory to write (atomically).
+        """
         from gpt2_lib.preset_io import export_to_transformers
 
-        export_to_transformers(self, path)
+        export_to_transformers(self.backbone, path)
 
     # Data -------------------------------------------------------------------
 

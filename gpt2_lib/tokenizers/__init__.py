@@ -3,6 +3,8 @@
 from gpt2_lib.tokenizers.byte_pair_tokenizer import BytePairTokenizer
 from gpt2_lib.tokenizers.tokenizer import Tokenizer
 
+__all__ = ["BytePairTokenizer", "GPT2Tokenizer", "Tokenizer"]
+
 
 def __getattr__(name):
     # `keras_hub.tokenizers.GPT2Tokenizer` exists too. Imported lazily: the

@@ -193,9 +193,7 @@ UNICODE_NUMBER_RANGES = (
     "1e5f1-1e5fa 1e8c7-1e8cf 1e950-1e959 1ec71-1ecab 1ecad-1ecaf "
     "1ecb1-1ecb4 1ed01-1ed2d 1ed2f-1ed3d 1f100-1f10c 1fbf0-1fbf9"
 )
-UNICODE_SPACE_RANGES = (
-    "9-d 20 85 a0 1680 2000-200a 2028-2029 202f 205f 3000"
-)
+UNICODE_SPACE_RANGES = "9-d 20 85 a0 1680 2000-200a 2028-2029 202f 205f 3000"
 
 
 def _char_class(ranges):
@@ -412,9 +410,7 @@ def read_vocabulary(vocabulary):
                 f"Vocabulary tokens must be strings. Received the key "
                 f"{_describe(token)} in the {source}."
             )
-        if isinstance(id, (bool, np.bool_)) or not isinstance(
-            id, (int, np.integer)
-        ):
+        if isinstance(id, (bool, np.bool_)) or not isinstance(id, (int, np.integer)):
             raise TypeError(
                 f"Vocabulary ids must be integers. Received {_describe(id)} "
                 f"for token {_describe(token)} in the {source}."
@@ -491,9 +487,7 @@ def read_merges(merges):
                 f"Merge rule {index} in the {source} must be a string "
                 f"`'first second'` or a pair. Received {_describe(line)}."
             )
-        if len(parts) != 2 or not all(
-            isinstance(p, str) and p for p in parts
-        ):
+        if len(parts) != 2 or not all(isinstance(p, str) and p for p in parts):
             raise ValueError(
                 f"Merge rule {index} in the {source} is malformed: "
                 f"{_describe(line)}. Each rule is two tokens separated by one "
@@ -571,8 +565,7 @@ def _check_equivalence(merges, ranks):
         if merged in made_by:
             return (
                 False,
-                f"merge rules {made_by[merged]} and {i} both make "
-                f"{merged!r}",
+                f"merge rules {made_by[merged]} and {i} both make {merged!r}",
             )
         made_by[merged] = i
     for i, (first, second) in enumerate(merges):
@@ -817,7 +810,11 @@ class _State:
 
         # Bytes of each id, for detokenization; `None` marks unused ids.
         special_set = set(special_ids)
-        id_to_bytes = [None] * self.size
+        # A list indexed by id, or a dict if the ids are very sparse.
+        if self.size <= 2 * len(vocabulary) + 1024:
+            id_to_bytes = [None] * self.size
+        else:
+            id_to_bytes = {}
         for token, id in vocabulary.items():
             if token in special_set:
                 id_to_bytes[id] = token.encode("utf-8")
@@ -854,16 +851,13 @@ class _State:
         missing = [b for b, c in BYTE_ENCODER.items() if c not in vocabulary]
         if missing:
             return None, (
-                f"{len(missing)} of the 256 byte tokens are not in the "
-                "vocabulary"
+                f"{len(missing)} of the 256 byte tokens are not in the vocabulary"
             )
         tokens = list(self.special_ids)
         for a in tokens:
             for b in tokens:
                 if a != b and b.startswith(a):
-                    return None, (
-                        f"the unsplittable token {a!r} is a prefix of {b!r}"
-                    )
+                    return None, (f"the unsplittable token {a!r} is a prefix of {b!r}")
         ok, reason = tiktoken_equivalence(self.merges, self.ranks)
         if not ok:
             return None, reason
@@ -999,8 +993,7 @@ class BytePairTokenizer(Tokenizer):
             )
         if engine not in ENGINES:
             raise ValueError(
-                f"`engine` must be one of {ENGINES}. Received: "
-                f"engine={engine!r}."
+                f"`engine` must be one of {ENGINES}. Received: engine={engine!r}."
             )
         if engine == "tiktoken" and tiktoken is None:
             raise ValueError(
@@ -1129,12 +1122,8 @@ class BytePairTokenizer(Tokenizer):
     def id_to_token(self, id):
         """Convert an integer id to a string token."""
         state = self._check_vocabulary()
-        if isinstance(id, (bool, np.bool_)) or not isinstance(
-            id, (int, np.integer)
-        ):
-            raise TypeError(
-                f"`id` must be an integer. Received: {_describe(id)}."
-            )
+        if isinstance(id, (bool, np.bool_)) or not isinstance(id, (int, np.integer)):
+            raise TypeError(f"`id` must be an integer. Received: {_describe(id)}.")
         token = state.id_to_token.get(int(id))
         if token is None:
             raise ValueError(
@@ -1148,14 +1137,11 @@ class BytePairTokenizer(Tokenizer):
         state = self._state
         if state is None:
             raise ValueError(
-                "No vocabulary has been set; cannot look up "
-                f"token {_describe(token)}."
+                f"No vocabulary has been set; cannot look up token {_describe(token)}."
             )
         id = state.vocabulary.get(token) if isinstance(token, str) else None
         if id is None:
-            raise ValueError(
-                f"Token {_describe(token)} is not in the vocabulary."
-            )
+            raise ValueError(f"Token {_describe(token)} is not in the vocabulary.")
         return id
 
     def save_assets(self, dir_path):
@@ -1212,7 +1198,9 @@ class BytePairTokenizer(Tokenizer):
             if inputs.ndim == 0:
                 return [_to_text(inputs.item(), None)], False
             if inputs.ndim == 1:
-                return [_to_text(item, i) for i, item in enumerate(inputs.tolist())], True
+                return [
+                    _to_text(item, i) for i, item in enumerate(inputs.tolist())
+                ], True
             raise ValueError(
                 "`tokenize()` takes a string or a 1-D batch of strings. "
                 f"Received an array of shape {inputs.shape}; reshape it to "
@@ -1322,7 +1310,7 @@ class BytePairTokenizer(Tokenizer):
                 if row and min(row) < 0:
                     raise IndexError
                 text = b"".join([table[i] for i in row])
-            except (IndexError, TypeError):
+            except (IndexError, KeyError, TypeError):
                 raise _bad_ids_error(row, table, size) from None
             outputs.append(text.decode("utf-8", "replace"))
         return outputs if batched else outputs[0]
@@ -1452,8 +1440,7 @@ def _row_to_list(row, index):
     if not isinstance(row, (list, tuple)):
         where = "The input" if index is None else f"Row {index} of the batch"
         raise TypeError(
-            f"{where} must be a sequence of integer ids. Received: "
-            f"{_describe(row)}."
+            f"{where} must be a sequence of integer ids. Received: {_describe(row)}."
         )
     # Item types are checked by `detokenize()` when a lookup fails.
     return row
@@ -1462,14 +1449,15 @@ def _row_to_list(row, index):
 def _bad_ids_error(row, table, size):
     """The error for the first invalid id of `row`."""
     for id in row:
-        if isinstance(id, (bool, np.bool_)) or not isinstance(
-            id, (int, np.integer)
-        ):
+        if isinstance(id, (bool, np.bool_)) or not isinstance(id, (int, np.integer)):
             return TypeError(
                 f"Token ids must be integers. Received {_describe(id)} of "
                 f"type {type(id).__name__}."
             )
-        if not (0 <= id < size) or table[id] is None:
+        if (
+            not (0 <= id < size)
+            or (table.get(id) if isinstance(table, dict) else table[id]) is None
+        ):
             return ValueError(
                 f"Token id {id} is outside the vocabulary (valid ids: 0 to "
                 f"{size - 1}, vocabulary holes excluded). Check the ids or "

@@ -218,6 +218,31 @@ def test_fit_trains_only_the_adapters():
         assert not np.array_equal(after[path], value), f"{path} did not train"
 
 
+def test_gpt2_causal_lm_fit_trains_only_the_adapters():
+    from gpt2_lib.models.gpt2.gpt2_causal_lm import GPT2CausalLM
+
+    causal_lm = GPT2CausalLM(tiny_backbone(), preprocessor=None)
+    causal_lm.backbone.enable_lora(4)
+    assert sorted(w.path for w in causal_lm.trainable_weights) == sorted(
+        w.path for w in causal_lm.backbone.weights if "lora_kernel" in w.path
+    )
+    causal_lm.compile(optimizer=keras.optimizers.AdamW(learning_rate=5e-2))
+    data = inputs(batch=4, seq=12, seed=4)
+    labels = np.roll(data["token_ids"], -1, axis=1)
+    before = weights_by_path(causal_lm.backbone)
+
+    history = causal_lm.fit(data, labels, batch_size=4, epochs=5, verbose=0)
+
+    losses = history.history["loss"]
+    assert losses[-1] < losses[0] - 0.1, losses
+    after = weights_by_path(causal_lm.backbone)
+    for path, value in before.items():
+        if "lora_kernel" in path:
+            assert not np.array_equal(after[path], value), f"{path} did not train"
+        else:
+            np.testing.assert_array_equal(after[path], value, err_msg=path)
+
+
 # === Save / load ===
 
 
@@ -264,7 +289,7 @@ def test_save_lora_weights_errors(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def _mismatch_cases(tmp_path):
+def _mismatch_cases():
     """(description, backbone factory, error pattern) for a rank-4 query/value file."""
     return [
         ("rank", lambda: _enabled(rank=2), "rank=4 but this backbone has rank=2"),
@@ -293,7 +318,7 @@ def test_load_mismatches_raise_and_leave_the_model_unchanged(tmp_path):
     path = str(tmp_path / "src.lora.h5")
     source.save_lora_weights(path)
 
-    for description, make, pattern in _mismatch_cases(tmp_path):
+    for description, make, pattern in _mismatch_cases():
         target = make()
         config = lora.lora_config(target)
         before = weights_by_path(target)

@@ -54,9 +54,7 @@ def truncated_gpt2(num_merges):
 @pytest.mark.parametrize("engine", ["auto", "python"])
 def test_small_vocabulary_matches_hf_tokenizers(engine):
     tokenizer = small_tokenizer(engine=engine)
-    reference = hf_bpe_reference(
-        byte_vocabulary(SMALL_MERGES), SMALL_MERGES, [EOT]
-    )
+    reference = hf_bpe_reference(byte_vocabulary(SMALL_MERGES), SMALL_MERGES, [EOT])
     texts = ["the fox", " the fox in the box", "a fox<|endoftext|>the"]
     texts += ADVERSARIAL_STRINGS[::3]
     for text in texts:
@@ -67,9 +65,7 @@ def test_small_vocabulary_matches_hf_tokenizers(engine):
 def test_truncated_gpt2_vocabulary_engines_agree(num_merges):
     vocab, merges = truncated_gpt2(num_merges)
     fast = BytePairTokenizer(vocab, merges, unsplittable_tokens=[EOT])
-    exact = BytePairTokenizer(
-        vocab, merges, unsplittable_tokens=[EOT], engine="python"
-    )
+    exact = BytePairTokenizer(vocab, merges, unsplittable_tokens=[EOT], engine="python")
     # The first merges of a trained vocabulary pass the equivalence check.
     assert fast.engine == "tiktoken", fast.engine_note
     assert exact.engine == "python"
@@ -91,9 +87,7 @@ def test_vocabulary_ids_not_in_merge_order_use_lookup_table():
     tokenizer = BytePairTokenizer(vocab, merges, unsplittable_tokens=[EOT])
     assert tokenizer.engine == "tiktoken"
     assert tokenizer._state.fast_engine.rank_to_id is not None
-    exact = BytePairTokenizer(
-        vocab, merges, unsplittable_tokens=[EOT], engine="python"
-    )
+    exact = BytePairTokenizer(vocab, merges, unsplittable_tokens=[EOT], engine="python")
     reference = hf_bpe_reference(vocab, merges, [EOT])
     texts = list(shakespeare_lines()[1::300]) + ADVERSARIAL_STRINGS
     expected = [reference.encode(t).ids for t in texts]
@@ -113,7 +107,9 @@ def _naive_tiktoken(vocab, merges):
     for i, rule in enumerate(merges):
         ranks[token_to_bytes("".join(rule.split()))] = 256 + i
     return tiktoken.Encoding(
-        name="naive", pat_str=FAST_SPLIT_PATTERN, mergeable_ranks=ranks,
+        name="naive",
+        pat_str=FAST_SPLIT_PATTERN,
+        mergeable_ranks=ranks,
         special_tokens={},
     )
 
@@ -138,9 +134,7 @@ def test_inconsistent_merges_fall_back_to_exact_engine(merges, text):
         naive.decode_single_token_bytes(r) for r in naive.encode_ordinary(text)
     ]
     decoder = {c: b for b, c in bytes_to_unicode().items()}
-    reference_tokens = [
-        bytes(decoder[c] for c in id_to_token[i]) for i in expected
-    ]
+    reference_tokens = [bytes(decoder[c] for c in id_to_token[i]) for i in expected]
     assert naive_tokens != reference_tokens
     # ...so the tokenizer detects it and uses the exact engine.
     ok, reason = tiktoken_equivalence([tuple(m.split()) for m in merges])
@@ -464,9 +458,7 @@ def test_tf_data_numpy_function():
     ds = tf.data.Dataset.from_tensor_slices(texts).map(
         lambda s: tf.numpy_function(tokenizer, [s], tf.int32)
     )
-    np.testing.assert_array_equal(
-        np.stack([x.numpy() for x in ds]), tokenizer(texts)
-    )
+    np.testing.assert_array_equal(np.stack([x.numpy() for x in ds]), tokenizer(texts))
 
 
 # ---------------------------------------------------------------------------
@@ -629,9 +621,7 @@ def _tiktoken_class(pattern):
     """
     import tiktoken
 
-    every_char = "".join(
-        chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF
-    )
+    every_char = "".join(chr(c) for c in range(0x110000) if not 0xD800 <= c <= 0xDFFF)
     probe = tiktoken.Encoding(
         name="probe",
         pat_str=pattern,
@@ -694,3 +684,16 @@ def test_python_engine_splits_newer_unicode_like_tiktoken():
     )
     reference = tiktoken_gpt2_reference()
     assert exact(texts) == [reference.encode(t) for t in texts]
+
+
+def test_sparse_vocabulary_ids():
+    vocab = byte_vocabulary(SMALL_MERGES)
+    vocab[EOT] = 2**31 - 2  # Far from the other ids: no giant lookup list.
+    tokenizer = BytePairTokenizer(vocab, SMALL_MERGES, unsplittable_tokens=[EOT])
+    assert isinstance(tokenizer._state.id_to_bytes, dict)
+    assert tokenizer.vocabulary_size() == 2**31 - 1
+    ids = tokenizer("the fox<|endoftext|>")
+    assert ids[-1] == 2**31 - 2
+    assert tokenizer.detokenize(ids) == "the fox<|endoftext|>"
+    with pytest.raises(ValueError, match="Token id 1000 is outside"):
+        tokenizer.detokenize([1000])

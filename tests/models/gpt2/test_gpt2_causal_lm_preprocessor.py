@@ -87,7 +87,9 @@ def test_generate_preprocess_and_postprocess():
     for i, prompt in enumerate(prompts):
         ids = ([EOT_ID] + reference.encode(prompt))[:8]  # No end token.
         np.testing.assert_array_equal(x["token_ids"][i, : len(ids)], ids)
-        np.testing.assert_array_equal(x["padding_mask"][i], [True] * len(ids) + [False] * (8 - len(ids)))
+        np.testing.assert_array_equal(
+            x["padding_mask"][i], [True] * len(ids) + [False] * (8 - len(ids))
+        )
     assert preprocessor.generate_postprocess(x) == [
         "The quick",
         "a",
@@ -125,13 +127,26 @@ def test_generate_postprocess_drops_special_and_masked_tokens():
 
 
 def test_config_round_trip():
-    preprocessor = GPT2CausalLMPreprocessor(tokenizer(), sequence_length=6, add_start_token=False)
+    preprocessor = GPT2CausalLMPreprocessor(
+        tokenizer(), sequence_length=6, add_start_token=False
+    )
     config = preprocessor.get_config()
-    assert {"name", "config_file", "tokenizer", "sequence_length", "add_start_token", "add_end_token"} <= set(config)
+    assert {
+        "name",
+        "config_file",
+        "tokenizer",
+        "sequence_length",
+        "add_start_token",
+        "add_end_token",
+    } <= set(config)
     restored = GPT2CausalLMPreprocessor.from_config(json.loads(json.dumps(config)))
     restored.tokenizer.set_vocabulary_and_merges(*gpt2_encoder_files())
     assert restored.get_config() == config
-    for a, b in zip(keras.tree.flatten(preprocessor(TEXTS)), keras.tree.flatten(restored(TEXTS))):
+    for a, b in zip(
+        keras.tree.flatten(preprocessor(TEXTS)),
+        keras.tree.flatten(restored(TEXTS)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
     assert isinstance(restored, CausalLMPreprocessor)
 
@@ -142,7 +157,9 @@ def test_from_keras_hub_config_and_assets():
     preprocessor = GPT2CausalLMPreprocessor.from_config(saved["config"])
     assert preprocessor.name == "gpt2_causal_lm_preprocessor"
     assert preprocessor.sequence_length == 8
-    preprocessor.load_assets(os.path.join(FIXTURES, "kh_causal_lm", "assets", "tokenizer"))
+    preprocessor.load_assets(
+        os.path.join(FIXTURES, "kh_causal_lm", "assets", "tokenizer")
+    )
     vocab = preprocessor.tokenizer.vocabulary
     x, y, w = preprocessor(["the"])
     eot = vocab["<|endoftext|>"]
@@ -204,8 +221,13 @@ def test_python_generator_feeds_fit():
         keras.layers.Embedding(tokenizer().vocabulary_size(), 4)(inputs)
     )
     model = keras.Model(inputs, outputs)
-    model.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    history = model.fit(batches(), epochs=1, steps_per_epoch=4, shuffle=False, verbose=0)
+    model.compile(
+        optimizer="sgd",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+    )
+    history = model.fit(
+        batches(), epochs=1, steps_per_epoch=4, shuffle=False, verbose=0
+    )
     assert np.isfinite(history.history["loss"][0])
 
 
@@ -220,13 +242,17 @@ def test_tf_data_numpy_function():
 
     ds = tf.data.Dataset.from_tensor_slices(lines).batch(8)
     ds = ds.map(
-        lambda s: tf.numpy_function(preprocess, [s], [tf.int32, tf.bool, tf.int32, tf.bool]),
+        lambda s: tf.numpy_function(
+            preprocess, [s], [tf.int32, tf.bool, tf.int32, tf.bool]
+        ),
         num_parallel_calls=2,
         deterministic=True,
     )
-    got = [np.concatenate(parts) for parts in zip(*[[t.numpy() for t in b] for b in ds])]
+    got = [
+        np.concatenate(parts) for parts in zip(*[[t.numpy() for t in b] for b in ds])
+    ]
     x, y, w = preprocessor(lines)
-    for a, b in zip(got, [x["token_ids"], x["padding_mask"], y, w]):
+    for a, b in zip(got, [x["token_ids"], x["padding_mask"], y, w], strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -245,11 +271,17 @@ needs_preset_io = pytest.mark.skipif(
 
 @needs_preset_io
 def test_from_keras_hub_preset():
-    preprocessor = GPT2CausalLMPreprocessor.from_preset(os.path.join(FIXTURES, "kh_causal_lm"))
+    preprocessor = GPT2CausalLMPreprocessor.from_preset(
+        os.path.join(FIXTURES, "kh_causal_lm")
+    )
     assert preprocessor.sequence_length == 8
     vocab = preprocessor.tokenizer.vocabulary
     x, _, _ = preprocessor("the")
-    assert x["token_ids"][:3].tolist() == [vocab["<|endoftext|>"], vocab["t"], vocab["he"]]
+    assert x["token_ids"][:3].tolist() == [
+        vocab["<|endoftext|>"],
+        vocab["t"],
+        vocab["he"],
+    ]
     override = GPT2CausalLMPreprocessor.from_preset(
         os.path.join(FIXTURES, "kh_causal_lm"), sequence_length=4
     )
@@ -263,5 +295,9 @@ def test_save_to_preset_and_from_preset(tmp_path):
     preprocessor.save_to_preset(preset)
     loaded = GPT2CausalLMPreprocessor.from_preset(preset)
     assert loaded.sequence_length == 12
-    for a, b in zip(keras.tree.flatten(preprocessor(TEXTS)), keras.tree.flatten(loaded(TEXTS))):
+    for a, b in zip(
+        keras.tree.flatten(preprocessor(TEXTS)),
+        keras.tree.flatten(loaded(TEXTS)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)

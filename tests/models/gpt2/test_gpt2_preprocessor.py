@@ -62,7 +62,9 @@ def test_single_string_is_unbatched():
     )
 
 
-@pytest.mark.parametrize("add_start, add_end", [(False, True), (True, False), (False, False)])
+@pytest.mark.parametrize(
+    "add_start, add_end", [(False, True), (True, False), (False, False)]
+)
 def test_start_end_flags(add_start, add_end):
     preprocessor = GPT2Preprocessor(
         tokenizer(), sequence_length=5, add_start_token=add_start, add_end_token=add_end
@@ -114,7 +116,9 @@ def test_numpy_and_tensorflow_inputs():
 def test_config_round_trip():
     import keras
 
-    preprocessor = GPT2Preprocessor(tokenizer(), sequence_length=10, add_end_token=False)
+    preprocessor = GPT2Preprocessor(
+        tokenizer(), sequence_length=10, add_end_token=False
+    )
     config = preprocessor.get_config()
     assert config["sequence_length"] == 10 and config["add_end_token"] is False
     assert config["tokenizer"]["registered_name"] == "gpt2_lib>GPT2Tokenizer"
@@ -127,7 +131,9 @@ def test_config_round_trip():
         np.testing.assert_array_equal(restored(TEXTS)[key], value)
     serialized = keras.saving.serialize_keras_object(preprocessor)
     assert serialized["registered_name"] == "gpt2_lib>GPT2Preprocessor"
-    assert isinstance(keras.saving.deserialize_keras_object(serialized), GPT2Preprocessor)
+    assert isinstance(
+        keras.saving.deserialize_keras_object(serialized), GPT2Preprocessor
+    )
 
 
 def test_from_keras_hub_config():
@@ -136,21 +142,38 @@ def test_from_keras_hub_config():
     preprocessor = GPT2Preprocessor.from_config(saved["config"])
     assert preprocessor.sequence_length == 8
     assert isinstance(preprocessor.tokenizer, GPT2Tokenizer)
-    preprocessor.load_assets(os.path.join(FIXTURES, "kh_causal_lm", "assets", "tokenizer"))
+    preprocessor.load_assets(
+        os.path.join(FIXTURES, "kh_causal_lm", "assets", "tokenizer")
+    )
     x = preprocessor("the fox")
     vocab = preprocessor.tokenizer.vocabulary
     eot = vocab["<|endoftext|>"]
-    expected = [eot, vocab["t"], vocab["he"], vocab["Ġ"], vocab["f"], vocab["o"], vocab["x"], eot]
+    expected = [
+        eot,
+        vocab["t"],
+        vocab["he"],
+        vocab["Ġ"],
+        vocab["f"],
+        vocab["o"],
+        vocab["x"],
+        eot,
+    ]
     np.testing.assert_array_equal(x["token_ids"], expected)
     assert x["padding_mask"].all()
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="`sequence_length` must be a positive integer"):
+    with pytest.raises(
+        ValueError, match="`sequence_length` must be a positive integer"
+    ):
         GPT2Preprocessor(tokenizer(), sequence_length=0)
-    with pytest.raises(ValueError, match="`sequence_length` must be a positive integer"):
+    with pytest.raises(
+        ValueError, match="`sequence_length` must be a positive integer"
+    ):
         GPT2Preprocessor(tokenizer(), sequence_length=2.5)
-    with pytest.raises(ValueError, match="`sequence_length` must be a positive integer"):
+    with pytest.raises(
+        ValueError, match="`sequence_length` must be a positive integer"
+    ):
         GPT2Preprocessor(tokenizer())(["a"], sequence_length=-1)
     with pytest.raises(TypeError, match="`tokenizer` must be a tokenizer"):
         GPT2Preprocessor("gpt2_base_en")
@@ -171,7 +194,9 @@ def _preset_io_available():
     return True
 
 
-@pytest.mark.skipif(not _preset_io_available(), reason="gpt2_lib.preset_io not available yet")
+@pytest.mark.skipif(
+    not _preset_io_available(), reason="gpt2_lib.preset_io not available yet"
+)
 def test_save_to_preset_and_from_preset(tmp_path):
     preprocessor = GPT2Preprocessor(tokenizer(), sequence_length=16)
     preset = str(tmp_path / "preset")

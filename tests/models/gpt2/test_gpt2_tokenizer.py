@@ -105,9 +105,7 @@ def test_openai_encoder_agrees_without_special_tokens():
     # version newer than tiktoken's (we follow tiktoken on those, see
     # test_python_engine_splits_newer_unicode_like_tiktoken).
     newer = _SplitPatterns.get().diff
-    texts = [
-        t for t in adversarial_texts() if EOT not in t and newer.isdisjoint(t)
-    ]
+    texts = [t for t in adversarial_texts() if EOT not in t and newer.isdisjoint(t)]
     texts += list(shakespeare_lines()[::997])
     assert gpt2_tokenizer("python")(texts) == [openai.encode(t) for t in texts]
 
@@ -146,12 +144,17 @@ def test_lone_surrogates_replaced_like_tiktoken():
         assert gpt2_tokenizer("python")(text) == expected
 
 
-def test_add_prefix_space_matches_transformers():
+def transformers_gpt2_tokenizer(tmp_path, **kwargs):
+    """Transformers' GPT-2 tokenizer, loaded from a local directory."""
     transformers = pytest.importorskip("transformers")
     encoder_json, vocab_bpe = gpt2_encoder_files()
-    hf = transformers.GPT2Tokenizer(
-        vocab=encoder_json, merges=vocab_bpe, add_prefix_space=True
-    )
+    shutil.copy(encoder_json, tmp_path / "vocab.json")
+    shutil.copy(vocab_bpe, tmp_path / "merges.txt")
+    return transformers.GPT2TokenizerFast.from_pretrained(str(tmp_path), **kwargs)
+
+
+def test_add_prefix_space_matches_transformers(tmp_path):
+    hf = transformers_gpt2_tokenizer(tmp_path, add_prefix_space=True)
     texts = [
         "Hello",
         " Hello",
@@ -172,10 +175,8 @@ def test_add_prefix_space_matches_transformers():
         assert tokenizer(texts) == expected
 
 
-def test_transformers_tokenizer_agrees():
-    transformers = pytest.importorskip("transformers")
-    encoder_json, vocab_bpe = gpt2_encoder_files()
-    hf = transformers.GPT2Tokenizer(vocab=encoder_json, merges=vocab_bpe)
+def test_transformers_tokenizer_agrees(tmp_path):
+    hf = transformers_gpt2_tokenizer(tmp_path)
     texts = list(shakespeare_lines()[::400]) + ADVERSARIAL_STRINGS
     assert gpt2_tokenizer()(texts) == [hf(t)["input_ids"] for t in texts]
 
@@ -195,7 +196,9 @@ def test_sequence_length_pads_with_end_of_text():
 def test_missing_end_of_text_is_an_error():
     merges = ["Ġ t", "h e"]
     vocab = byte_vocabulary(merges, special_tokens=())
-    with pytest.raises(ValueError, match="'<\\|endoftext\\|>' is not in the vocabulary"):
+    with pytest.raises(
+        ValueError, match="'<\\|endoftext\\|>' is not in the vocabulary"
+    ):
         GPT2Tokenizer(vocab, merges)
     # With other unsplittable tokens, the special token check still applies.
     with pytest.raises(ValueError, match="Cannot find special token"):
