@@ -126,7 +126,8 @@ def _xla_attention(query, key, value, mask, scale, is_causal):
         and query_length > CAUSAL_BLOCK_SIZE
     )
     if not blocked:
-        causal = _causal_mask(0, query_length, key_length)
+        # ops.shape: the lengths may be unknown while tracing a TF graph.
+        causal = _causal_mask(0, ops.shape(query)[1], ops.shape(key)[1])
         mask = causal if mask is None else ops.logical_and(mask, causal)
         return _attend(query, key, value, mask, scale)
     outputs = []

@@ -202,6 +202,9 @@ def _load_backbone_from_dir(cls, preset_dir, load_weights, preset, **kwargs):
 
 def write_backbone(backbone, directory, max_shard_size=10):
     """Write `config.json`, `metadata.json` and weights into `directory`."""
+    from gpt2_lib.models import lora
+
+    lora.check_lora_disabled(backbone)
     remove_matching(
         directory, ["model.weights.h5", "model.weights.json", "model_*.weights.h5"]
     )
@@ -238,10 +241,23 @@ def save_backbone(backbone, preset_dir, max_shard_size=10):
         write_backbone(backbone, tmp, max_shard_size=max_shard_size)
 
 
-def export_to_transformers(backbone, path):
-    """Write a Transformers GPT-2 checkpoint directory, atomically."""
+def export_to_transformers(backbone, path, tokenizer=None):
+    """Write a Transformers GPT-2 checkpoint directory, atomically.
+
+    Args:
+        backbone: the `GPT2Backbone` (without LoRA adapters: merge them first).
+        path: the directory to write: `config.json`, `model.safetensors`
+            and, with a tokenizer, `vocab.json` and `merges.txt`.
+        tokenizer: optional `GPT2Tokenizer` whose files to include.
+    """
+    from gpt2_lib.models import lora
+
+    lora.check_lora_disabled(backbone)
     with atomic_preset_dir(path) as tmp:
         transformers_format.write_transformers_checkpoint(backbone, tmp)
+        if tokenizer is not None:
+            tokenizer.save_assets(tmp)
+            os.replace(os.path.join(tmp, "vocabulary.json"), os.path.join(tmp, "vocab.json"))
 
 
 # ---------------------------------------------------------------------------

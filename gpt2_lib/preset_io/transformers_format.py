@@ -188,6 +188,9 @@ def load_transformers_weights(backbone, tensors):
         tensors: dict from Transformers names (with or without the
             `transformer.` prefix) to array-likes.
     """
+    from gpt2_lib.models import lora
+
+    lora.check_lora_disabled(backbone)
     updates = []
     for name, variable, to_keras, _ in _variable_pairs(backbone):
         value = np.asarray(_split_fused(name, tensors))
