@@ -73,9 +73,11 @@ def _set_threads(threads):
         return
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ["MKL_NUM_THREADS"] = str(threads)
+    multi_thread = "true" if threads > 1 else "false"
     os.environ["XLA_FLAGS"] = (
         os.environ.get("XLA_FLAGS", "")
-        + f" --xla_cpu_multi_thread_eigen=true intra_op_parallelism_threads={threads}"
+        + f" --xla_cpu_multi_thread_eigen={multi_thread}"
+        + f" intra_op_parallelism_threads={threads}"
     )
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
 

@@ -258,16 +258,18 @@ class Task(keras.Model):
     def export_to_transformers(self, path):
         """Write the model as a Transformers checkpoint directory.
 
-        The directory (`config.json` + `model.safetensors`) loads with
+        The directory (`config.json` + `model.safetensors`, plus `vocab.json`
+        and `merges.txt` when a preprocessor is attached) loads with
         `transformers.GPT2LMHeadModel.from_pretrained(path)` (the LM head is
-        the tied token embedding).
+        the tied token embedding) and `transformers.AutoTokenizer`.
 
         Args:
             path: the directory to write (atomically).
         """
         from gpt2_lib.preset_io import export_to_transformers
 
-        export_to_transformers(self.backbone, path)
+        tokenizer = getattr(self.preprocessor, "tokenizer", None)
+        export_to_transformers(self.backbone, path, tokenizer=tokenizer)
 
     # Data -------------------------------------------------------------------
 
