@@ -56,7 +56,7 @@ CONFIG = {
     "warmup_steps": 100,
     "weight_decay": 0.1,
 }
-PROMPTS = ["ROMEO:", "Hamlet.\n", "KING.\nWhat say you"]
+PROMPTS = ["ROMEO:", "Hamlet.\n", "KING.\nWhat say you"]  # samples in the model card
 
 
 def read_corpus(config):
@@ -99,11 +99,16 @@ def encode_documents(tokenizer, documents):
 
 
 class RandomWindows(keras.utils.PyDataset):
-    """Batches of random `sequence_length + 1` windows of the id stream."""
+    """Batches of random windows of the id stream, each after the start token.
 
-    def __init__(self, ids, sequence_length, batch_size, steps, seed):
+    Every window is `[start_token] + sequence_length tokens`, the layout
+    `GPT2CausalLMPreprocessor` gives a prompt in `generate()`.
+    """
+
+    def __init__(self, ids, start_token_id, sequence_length, batch_size, steps, seed):
         super().__init__()
         self.ids = ids
+        self.start_token_id = start_token_id
         self.sequence_length = sequence_length
         self.batch_size = batch_size
         self.steps = steps
@@ -114,8 +119,10 @@ class RandomWindows(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, index])
-        starts = rng.integers(0, len(self.ids) - self.sequence_length - 1, self.batch_size)
-        windows = np.stack([self.ids[s : s + self.sequence_length + 1] for s in starts])
+        starts = rng.integers(0, len(self.ids) - self.sequence_length, self.batch_size)
+        windows = np.stack(
+            [np.r_[self.start_token_id, self.ids[s : s + self.sequence_length]] for s in starts]
+        )
         x = {
             "token_ids": windows[:, :-1],
             "padding_mask": np.ones_like(windows[:, :-1], dtype="bool"),
@@ -123,11 +130,11 @@ class RandomWindows(keras.utils.PyDataset):
         return x, windows[:, 1:], np.ones_like(windows[:, 1:], dtype="float32")
 
 
-def validation_nll(lm, ids, sequence_length, batch_size=32):
-    """Mean next-token negative log-likelihood over non-overlapping windows."""
-    n = (len(ids) - 1) // sequence_length
+def validation_nll(lm, ids, start_token_id, sequence_length, batch_size=32):
+    """Mean next-token NLL over non-overlapping windows, each after the start token."""
+    n = len(ids) // sequence_length
     windows = np.stack(
-        [ids[i * sequence_length : i * sequence_length + sequence_length + 1] for i in range(n)]
+        [np.r_[start_token_id, ids[i * sequence_length : (i + 1) * sequence_length]] for i in range(n)]
     )
     total, count = 0.0, 0
     for start in range(0, n, batch_size):
@@ -193,13 +200,20 @@ def main():
     )
     print(f"parameters: {backbone.count_params():,}")
     windows = RandomWindows(
-        train_ids, config["sequence_length"], config["batch_size"], config["steps"], config["seed"]
+        train_ids,
+        tokenizer.start_token_id,
+        config["sequence_length"],
+        config["batch_size"],
+        config["steps"],
+        config["seed"],
     )
     start = time.time()
     lm.fit(windows, epochs=1, verbose=2)
     config["training_seconds"] = round(time.time() - start, 1)
 
-    nll, targets = validation_nll(lm, validation_ids, config["sequence_length"])
+    nll, targets = validation_nll(
+        lm, validation_ids, tokenizer.start_token_id, config["sequence_length"]
+    )
     baseline = unigram_nll(train_ids, targets, tokenizer.vocabulary_size())
     results = {
         "validation_perplexity": round(math.exp(nll), 2),

@@ -74,8 +74,6 @@ def build_parser():
     generate.add_argument("--temperature", type=float, default=1.0,
                           help="sampling temperature (default: 1.0)")
     generate.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
-    generate.add_argument("--no-stream", action="store_true",
-                          help="print each text when it is complete instead of as it is produced")
 
     finetune = commands.add_parser(
         "finetune", help="Fine-tune a preset on a text file.",

@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import time
 
 from gpt2_lib.cli import CLIError
@@ -37,36 +38,31 @@ def _read_text(path):
 
 
 def generate(args):
-    import keras
-
     lm = _load_causal_lm(args.preset)
+    if lm.preprocessor is None:
+        raise CLIError(f"preset {args.preset!r} has no tokenizer; cannot generate from text.")
     lm.compile(sampler=_sampler(args))
-    stream = not args.no_stream and len(args.prompts) == 1 and hasattr(lm, "stream_generate")
-    for prompt in args.prompts:
-        if stream:
-            for piece in lm.stream_generate(prompt, max_length=args.max_length):
-                print(piece, end="", flush=True)
+    # One batched call: the prompts share one compiled generation step.
+    outputs = lm.generate(args.prompts, max_length=args.max_length)
+    for i, text in enumerate(outputs):
+        if i:
             print()
-        else:
-            print(lm.generate(prompt, max_length=args.max_length))
-        if len(args.prompts) > 1:
-            print()
-    del keras
+        print(text, flush=True)
 
 
 def _sampler(args):
     from gpt2_lib import samplers
 
-    kwargs = {"seed": args.seed, "temperature": args.temperature}
     if args.sampler == "greedy":
         return samplers.GreedySampler()
+    if args.sampler == "beam":
+        return samplers.BeamSampler(num_beams=4)
+    kwargs = {"seed": args.seed, "temperature": args.temperature}
     if args.sampler == "top_k":
         return samplers.TopKSampler(k=50, **kwargs)
     if args.sampler == "top_p":
         return samplers.TopPSampler(p=0.9, **kwargs)
-    if args.sampler == "random":
-        return samplers.RandomSampler(**kwargs)
-    return samplers.BeamSampler(num_beams=4)
+    return samplers.RandomSampler(**kwargs)
 
 
 # finetune -------------------------------------------------------------------
@@ -105,8 +101,7 @@ def finetune(args):
     output_parent = os.path.dirname(os.path.abspath(args.output))
     if not os.path.isdir(output_parent):
         raise CLIError(f"the folder of --output, {output_parent!r}, does not exist.")
-    if not os.access(output_parent, os.W_OK):
-        raise CLIError(f"cannot write to {output_parent!r} (permission denied); choose another --output.")
+    _check_writable(output_parent)
     text = _read_text(args.data)
 
     keras.utils.set_random_seed(args.seed)
@@ -176,6 +171,18 @@ def finetune(args):
     print(f"saved {args.output}", file=sys.stderr)
 
 
+def _check_writable(directory):
+    """Fail before training, not after, when the output cannot be written."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".gpt2-lib-probe-", dir=directory)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as error:
+        raise CLIError(
+            f"cannot write to {directory!r} ({error.strerror or error}); choose another --output."
+        ) from None
+
+
 def _atomic_file(path, write):
     """Call `write(tmp_path)` and move the result to `path` only if it succeeds."""
     directory, name = os.path.split(os.path.abspath(path))
@@ -192,6 +199,7 @@ def _atomic_file(path, write):
 
 
 def perplexity(args):
+    import keras
     import numpy as np
 
     text = _read_text(args.data)
@@ -216,13 +224,10 @@ def perplexity(args):
         for row, window in enumerate(batch):
             token_ids[row, : len(window)] = window
             mask[row, : len(window)] = True
-        log_likelihoods = np.asarray(
-            lm.score(token_ids=token_ids, padding_mask=mask, scoring_mode="loss")
-        )
-        # log-likelihood of token t+1 given tokens <= t, on real targets only
-        targets = mask[:, 1:]
-        total += float(log_likelihoods[:, : width - 1][targets].sum())
-        count += int(targets.sum())
+        # (batch, width): log p(token t+1 | tokens <= t); 0 where t+1 is padding.
+        log_likelihood = lm.score(token_ids, mask, scoring_mode="log_likelihood")
+        total -= float(np.asarray(keras.ops.convert_to_numpy(log_likelihood), "float64").sum())
+        count += sum(len(w) - 1 for w in batch)
     nll = total / count
     print(f"perplexity: {math.exp(nll):.3f}  ({count:,} tokens, mean NLL {nll:.4f} nats)")
 

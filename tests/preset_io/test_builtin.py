@@ -18,13 +18,15 @@ EXPECTED = {
     "gpt2_extra_large_en": (1557611200, "hf://openai-community/gpt2-xl"),
     "gpt2_base_en_cnn_dailymail": (124439808, None),
 }
+# Presets shipped inside the package (data in presets/<name>/), loadable offline.
+EMBEDDED = {"gpt2_tiny_shakespeare_en": 2262336}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_metadata():
     presets = GPT2Backbone.presets
-    assert set(presets) == set(EXPECTED)
-    assert set(Backbone.presets) == set(EXPECTED)
+    assert set(presets) == set(EXPECTED) | set(EMBEDDED)
+    assert set(Backbone.presets) == set(EXPECTED) | set(EMBEDDED)
     for name, (params, hf_handle) in EXPECTED.items():
         metadata = presets[name]
         assert metadata["params"] == params
@@ -36,6 +38,19 @@ def test_metadata():
 def test_base_preset_config_builds_with_the_stated_count():
     backbone = GPT2Backbone.from_preset("gpt2_base_en", load_weights=False)
     assert backbone.count_params() == EXPECTED["gpt2_base_en"][0]
+
+
+def test_embedded_preset_loads_offline_with_its_stated_count():
+    from gpt2_lib.models import GPT2CausalLM
+    from gpt2_lib.preset_io.handles import resolve_preset
+
+    for name, params in EMBEDDED.items():
+        assert resolve_preset(name) == os.path.join(builtin.presets_dir(), name)
+        lm = GPT2CausalLM.from_preset(name)
+        assert lm.backbone.count_params() == params == builtin.get_preset(name)["params"]
+        config = builtin.get_preset(name)["config"]
+        assert {k: lm.backbone.get_config()[k] for k in config} == config
+        assert lm.preprocessor.tokenizer.vocabulary_size() == config["vocabulary_size"]
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -85,4 +100,8 @@ def test_presets_ship_in_the_wheel(tmp_path):
     module_file, presets_dir, names = out.stdout.strip().splitlines()[-3:]
     assert module_file.startswith(str(tmp_path / "site"))
     assert presets_dir == str(tmp_path / "site" / "gpt2_lib" / "_presets")
-    assert names == str(sorted(EXPECTED))
+    assert names == str(sorted(set(EXPECTED) | set(EMBEDDED)))
+    for name in EMBEDDED:
+        shipped = tmp_path / "site" / "gpt2_lib" / "_presets" / name
+        for filename in ("config.json", "task.json", "tokenizer.json", "model.weights.h5"):
+            assert (shipped / filename).is_file(), f"{name}/{filename} missing from the wheel"
