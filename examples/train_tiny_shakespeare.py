@@ -14,7 +14,9 @@ held out for validation; the rest is training text. Plays are joined with
 
 It prints the validation perplexity beside a unigram baseline (token
 frequencies from the training split, add-one smoothed) on the same held-out
-tokens, and a few samples.
+tokens, and a few samples; all three go into the preset's model card
+(`README.md`) and `training.json`. `--evaluate-only` redoes that part for
+an existing preset without training.
 
     KERAS_BACKEND=jax python examples/train_tiny_shakespeare.py \\
         --output presets/gpt2_tiny_shakespeare_en
@@ -99,16 +101,11 @@ def encode_documents(tokenizer, documents):
 
 
 class RandomWindows(keras.utils.PyDataset):
-    """Batches of random windows of the id stream, each after the start token.
+    """Batches of random `sequence_length + 1` windows of the id stream."""
 
-    Every window is `[start_token] + sequence_length tokens`, the layout
-    `GPT2CausalLMPreprocessor` gives a prompt in `generate()`.
-    """
-
-    def __init__(self, ids, start_token_id, sequence_length, batch_size, steps, seed):
+    def __init__(self, ids, sequence_length, batch_size, steps, seed):
         super().__init__()
         self.ids = ids
-        self.start_token_id = start_token_id
         self.sequence_length = sequence_length
         self.batch_size = batch_size
         self.steps = steps
@@ -119,10 +116,8 @@ class RandomWindows(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         rng = np.random.default_rng([self.seed, index])
-        starts = rng.integers(0, len(self.ids) - self.sequence_length, self.batch_size)
-        windows = np.stack(
-            [np.r_[self.start_token_id, self.ids[s : s + self.sequence_length]] for s in starts]
-        )
+        starts = rng.integers(0, len(self.ids) - self.sequence_length - 1, self.batch_size)
+        windows = np.stack([self.ids[s : s + self.sequence_length + 1] for s in starts])
         x = {
             "token_ids": windows[:, :-1],
             "padding_mask": np.ones_like(windows[:, :-1], dtype="bool"),
@@ -130,11 +125,11 @@ class RandomWindows(keras.utils.PyDataset):
         return x, windows[:, 1:], np.ones_like(windows[:, 1:], dtype="float32")
 
 
-def validation_nll(lm, ids, start_token_id, sequence_length, batch_size=32):
-    """Mean next-token NLL over non-overlapping windows, each after the start token."""
-    n = len(ids) // sequence_length
+def validation_nll(lm, ids, sequence_length, batch_size=32):
+    """Mean next-token negative log-likelihood over non-overlapping windows."""
+    n = (len(ids) - 1) // sequence_length
     windows = np.stack(
-        [np.r_[start_token_id, ids[i * sequence_length : (i + 1) * sequence_length]] for i in range(n)]
+        [ids[i * sequence_length : i * sequence_length + sequence_length + 1] for i in range(n)]
     )
     total, count = 0.0, 0
     for start in range(0, n, batch_size):
@@ -159,6 +154,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--output", default=os.path.join(REPO_ROOT, "presets", "gpt2_tiny_shakespeare_en"))
     parser.add_argument("--steps", type=int, default=CONFIG["steps"])
+    parser.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="do not train: re-evaluate the preset at --output and rewrite its model card",
+    )
     args = parser.parse_args()
     config = {**CONFIG, "steps": args.steps, "backend": keras.backend.backend()}
     keras.utils.set_random_seed(config["seed"])
@@ -171,6 +171,14 @@ def main():
         f"{len(files)} plays; train {sum(map(len, train_docs)):,} chars -> {len(train_ids):,} "
         f"tokens; validation {len(validation_ids):,} tokens; vocabulary {tokenizer.vocabulary_size()}"
     )
+
+    if args.evaluate_only:
+        with open(os.path.join(args.output, "training.json")) as f:
+            config = json.load(f)["config"]
+        lm = gpt2_lib.models.GPT2CausalLM.from_preset(args.output)
+        lm.compile(sampler=gpt2_lib.samplers.TopKSampler(k=20, seed=config["seed"]))
+        evaluate_and_write(lm, tokenizer, train_ids, validation_ids, config, files, args.output)
+        return
 
     backbone = gpt2_lib.models.GPT2Backbone(
         vocabulary_size=tokenizer.vocabulary_size(),
@@ -200,38 +208,35 @@ def main():
     )
     print(f"parameters: {backbone.count_params():,}")
     windows = RandomWindows(
-        train_ids,
-        tokenizer.start_token_id,
-        config["sequence_length"],
-        config["batch_size"],
-        config["steps"],
-        config["seed"],
+        train_ids, config["sequence_length"], config["batch_size"], config["steps"], config["seed"]
     )
     start = time.time()
     lm.fit(windows, epochs=1, verbose=2)
     config["training_seconds"] = round(time.time() - start, 1)
+    lm.save_to_preset(args.output)
+    evaluate_and_write(lm, tokenizer, train_ids, validation_ids, config, files, args.output)
 
-    nll, targets = validation_nll(
-        lm, validation_ids, tokenizer.start_token_id, config["sequence_length"]
-    )
+
+def evaluate_and_write(lm, tokenizer, train_ids, validation_ids, config, files, output):
+    """Validation perplexity, unigram baseline and samples, into the preset's card."""
+    nll, targets = validation_nll(lm, validation_ids, config["sequence_length"])
     baseline = unigram_nll(train_ids, targets, tokenizer.vocabulary_size())
     results = {
         "validation_perplexity": round(math.exp(nll), 2),
         "unigram_baseline_perplexity": round(math.exp(baseline), 2),
         "validation_tokens": int(targets.size),
-        "parameters": int(backbone.count_params()),
+        "parameters": int(lm.backbone.count_params()),
     }
     print(json.dumps(results, indent=2))
     samples = {p: lm.generate(p, max_length=96) for p in PROMPTS}
     for prompt, text in samples.items():
         print(f"--- {prompt!r}\n{text}\n")
 
-    lm.save_to_preset(args.output)
-    with open(os.path.join(args.output, "training.json"), "w") as f:
+    with open(os.path.join(output, "training.json"), "w") as f:
         json.dump({"config": config, "results": results, "files": files}, f, indent=2)
-    with open(os.path.join(args.output, "README.md"), "w") as f:
+    with open(os.path.join(output, "README.md"), "w") as f:
         f.write(model_card(config, results, samples))
-    print(f"saved {args.output}")
+    print(f"saved {output}")
 
 
 def model_card(config, results, samples):

@@ -74,6 +74,9 @@ def build_parser():
     generate.add_argument("--temperature", type=float, default=1.0,
                           help="sampling temperature (default: 1.0)")
     generate.add_argument("--seed", type=int, default=None, help="seed for reproducible sampling")
+    generate.add_argument("--no-stream", action="store_true",
+                          help="print the text when it is complete instead of as it is produced "
+                          "(several prompts and beam search never stream)")
 
     finetune = commands.add_parser(
         "finetune", help="Fine-tune a preset on a text file.",

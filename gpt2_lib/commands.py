@@ -42,6 +42,12 @@ def generate(args):
     if lm.preprocessor is None:
         raise CLIError(f"preset {args.preset!r} has no tokenizer; cannot generate from text.")
     lm.compile(sampler=_sampler(args))
+    if len(args.prompts) == 1 and args.sampler != "beam" and not args.no_stream:
+        print(args.prompts[0], end="", flush=True)
+        for piece in lm.stream_generate(args.prompts[0], max_length=args.max_length):
+            print(piece, end="", flush=True)
+        print()
+        return
     # One batched call: the prompts share one compiled generation step.
     outputs = lm.generate(args.prompts, max_length=args.max_length)
     for i, text in enumerate(outputs):

@@ -88,6 +88,27 @@ def test_generate_greedy_matches_the_python_api(capsys, shipped_lm):
     assert expected[0].startswith("ROMEO.") and len(expected[0]) > len("ROMEO.")
 
 
+def test_generate_streams_one_prompt_with_the_same_text(capsys, shipped_lm):
+    streamed = run_cli(capsys, "generate", "ROMEO.", "--sampler", "greedy", "--max-length", "40")
+    whole = run_cli(capsys, "generate", "ROMEO.", "--sampler", "greedy", "--max-length", "40", "--no-stream")
+    assert streamed[0] == whole[0] == 0
+    assert streamed[1] == whole[1]
+    shipped_lm.compile(sampler="greedy")
+    assert whole[1] == shipped_lm.generate("ROMEO.", max_length=40) + "\n"
+    pieces = list(shipped_lm.stream_generate("ROMEO.", max_length=40))
+    assert len(pieces) > 1
+    assert "".join(pieces) == shipped_lm.generate("ROMEO.", max_length=40, strip_prompt=True)
+
+
+def test_stream_generate_errors(shipped_lm):
+    shipped_lm.compile(sampler="beam")
+    with pytest.raises(ValueError, match="Beam search cannot stream"):
+        next(shipped_lm.stream_generate("ROMEO."))
+    shipped_lm.compile(sampler="greedy")
+    with pytest.raises(ValueError, match="one string prompt"):
+        next(shipped_lm.stream_generate(["a", "b"]))
+
+
 def test_generate_seed_is_reproducible(capsys):
     argv = ["generate", "ROMEO.", "--seed", "7", "--max-length", "32", "--sampler", "top_p"]
     first = run_cli(capsys, *argv)[1]

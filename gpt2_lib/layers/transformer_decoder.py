@@ -146,10 +146,10 @@ class TransformerDecoder(keras.layers.Layer):
         return hidden_states, cache
 
     def compute_output_spec(self, hidden_states, attention_mask, cache=None, **kwargs):
-        output = keras.KerasTensor(hidden_states.shape, dtype=self.compute_dtype)
-        if cache is None:
-            return output
-        return output, keras.KerasTensor(cache.shape, dtype=cache.dtype)
+        # Same shapes as the attention layer: hidden states, and the cache if given.
+        return CachedMultiHeadAttention.compute_output_spec(
+            self, hidden_states, attention_mask, cache=cache
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -328,6 +328,76 @@ class CausalLM(Task):
             "padding_mask": padding_mask,
         }, is_scalar
 
+    def stream_generate(self, prompt, max_length=None, stop_token_ids="auto"):
+        """Yield the continuation of one string prompt as it is produced.
+
+        Runs the decoding loop one token at a time in Python (the cached
+        forward pass, the compiled sampler's `compute_probabilities` and
+        `get_next_token`), so each piece of text can be shown as soon as it
+        exists. With a greedy sampler the pieces join to exactly the text
+        `generate(prompt, strip_prompt=True)` returns. Per token it is
+        slower than `generate()`, which compiles the whole loop: use it for
+        interactive output. Beam search cannot stream (the best beam is
+        known only at the end).
+
+        Args:
+            prompt: a string.
+            max_length: int, total length in tokens (prompt included);
+                defaults to the preprocessor's `sequence_length`.
+            stop_token_ids: as for `generate()`.
+
+        Yields:
+            str pieces of the continuation. A piece is held back while it
+            ends inside a multi-byte UTF-8 character.
+
+        Example:
+        ```python
+        for piece in causal_lm.stream_generate("ROMEO.", max_length=64):
+            print(piece, end="", flush=True)
+        ```
+        """
+        from gpt2_lib.samplers import BeamSampler
+
+        if isinstance(self.sampler, BeamSampler):
+            raise ValueError(
+                "Beam search cannot stream: the best beam is known only at the end. "
+                "Use `generate()`, or compile with another sampler."
+            )
+        if self.preprocessor is None or not isinstance(prompt, str):
+            raise ValueError(
+                "`stream_generate()` takes one string prompt and needs a preprocessor; "
+                f"received {type(prompt).__name__}. Use `generate()` for batches or token ids."
+            )
+        max_length = self._check_max_length(max_length)
+        stop_token_ids = self._stop_token_ids(stop_token_ids) or ()
+        batch, _ = self._string_inputs([prompt], max_length)
+        token_ids = batch["token_ids"].copy()  # (1, length)
+        length = token_ids.shape[1]
+        end = int(batch["padding_mask"][0].sum())
+        real = np.ones_like(token_ids, dtype=bool)  # new tokens are real tokens
+        cache = self.backbone.build_cache(1, length)
+        if end > 1:
+            _, _, cache = self.call_with_cache(token_ids[:, : end - 1], real, cache, 0)
+        tokenizer = self.preprocessor.tokenizer
+        new_ids, shown = [], ""
+        for index in range(end, length):
+            logits, _, cache = self.call_with_cache(
+                token_ids[:, index - 1 : index], real, cache, index - 1
+            )
+            probabilities = self.sampler.compute_probabilities(logits[:, 0, :])
+            next_token = int(_to_numpy(self.sampler.get_next_token(probabilities))[0])
+            if next_token in stop_token_ids:
+                break
+            token_ids[0, index] = next_token
+            new_ids.append(next_token)
+            text = tokenizer.detokenize(new_ids)
+            if not text.endswith("\ufffd") and len(text) > len(shown):
+                yield text[len(shown) :]
+                shown = text
+        text = tokenizer.detokenize(new_ids) if new_ids else ""
+        if text != shown:
+            yield text[len(shown) :]
+
     @staticmethod
     def _strip_prompt(outputs, inputs):
         """Move each row's new tokens to the front; mask the rest."""

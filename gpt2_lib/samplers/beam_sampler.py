@@ -74,7 +74,7 @@ class BeamSampler(Sampler):
         log_probs = merge(ops.broadcast_to(log_probs, (batch_size, beams)))
 
         def cond(prompt, cache, index, log_probs):
-            return self._not_done(prompt, mask, stop_token_ids)
+            return self._not_done(prompt, mask, stop_token_ids, index)
 
         def body(prompt, cache, index, log_probs):
             logits, _, cache = next(prompt, cache, index)

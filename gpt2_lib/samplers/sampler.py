@@ -113,7 +113,7 @@ class Sampler:
         cache = () if cache is None else cache
 
         def cond(prompt, cache, index):
-            return self._not_done(prompt, mask, stop_token_ids)
+            return self._not_done(prompt, mask, stop_token_ids, index)
 
         def body(prompt, cache, index):
             logits, _, cache = next(prompt, cache, index)
@@ -131,11 +131,18 @@ class Sampler:
         return prompt
 
     @staticmethod
-    def _not_done(prompt, mask, stop_token_ids):
-        """A bool scalar: False once every row has a new stop token."""
+    def _not_done(prompt, mask, stop_token_ids, index):
+        """A bool scalar: False once every row has a new stop token.
+
+        Only positions already generated (before `index`, outside `mask`)
+        count: the slots still to fill hold padding, which for GPT-2 is the
+        stop token itself.
+        """
         if stop_token_ids is None:
             return ops.convert_to_tensor(True, dtype="bool")
-        stopped = ops.any(any_equal(prompt, stop_token_ids, ops.logical_not(mask)), axis=-1)
+        generated = ops.arange(ops.shape(prompt)[-1], dtype="int32")[None, :] < index
+        new_tokens = ops.logical_and(ops.logical_not(mask), generated)
+        stopped = ops.any(any_equal(prompt, stop_token_ids, new_tokens), axis=-1)
         return ops.logical_not(ops.all(stopped))
 
     @staticmethod

@@ -152,3 +152,19 @@ def test_get_and_serialization():
 def test_bad_arguments_are_clear_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [samplers.GreedySampler(), samplers.BeamSampler(num_beams=2), samplers.TopKSampler(k=1, seed=1)],
+    ids=["greedy", "beam", "top_k"],
+)
+def test_slots_padded_with_the_stop_token_do_not_stop_generation(sampler):
+    """GPT-2 pads with <|endoftext|>, its stop token: only generated tokens count."""
+    first = 0
+    expected = greedy_reference(first, 7)
+    stop = next(t for t in range(VOCAB) if t not in expected)
+    prompt = np.full((1, 7), stop)
+    prompt[0, 0] = first
+    out = run(sampler, prompt, stop_token_ids=[stop])
+    assert out[0].tolist() == expected
