@@ -3,14 +3,14 @@
 import keras
 import numpy as np
 
-from gpt2_lib.models.preprocessor import Preprocessor
+from gpt2_lib.models.preprocessor import PackingPreprocessor
 from gpt2_lib.models.preprocessor import check_sequence_length
 from gpt2_lib.models.preprocessor import pack_start_end
 from gpt2_lib.models.preprocessor import to_numpy
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
-class CausalLMPreprocessor(Preprocessor):
+class CausalLMPreprocessor(PackingPreprocessor):
     """Base class for causal language modeling preprocessors.
 
     Takes a string or a batch of strings, tokenizes them, adds the start and
@@ -61,28 +61,6 @@ class CausalLMPreprocessor(Preprocessor):
     preprocessor.generate_postprocess(prompts)  # ["The quick"]
     ```
     """
-
-    def __init__(
-        self,
-        tokenizer,
-        sequence_length=1024,
-        add_start_token=True,
-        add_end_token=True,
-        **kwargs,
-    ):
-        super().__init__(tokenizer=tokenizer, **kwargs)
-        self.sequence_length = sequence_length
-        self.add_start_token = bool(add_start_token)
-        self.add_end_token = bool(add_end_token)
-
-    @property
-    def sequence_length(self):
-        """The padded length of model input sequences."""
-        return self._sequence_length
-
-    @sequence_length.setter
-    def sequence_length(self, value):
-        self._sequence_length = check_sequence_length(value)
 
     def _pack(self, rows, sequence_length, add_start, add_end):
         tokenizer = self._require_tokenizer()
@@ -186,14 +164,3 @@ class CausalLMPreprocessor(Preprocessor):
         if not rows:
             return []
         return tokenizer.detokenize(rows)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "sequence_length": self.sequence_length,
-                "add_start_token": self.add_start_token,
-                "add_end_token": self.add_end_token,
-            }
-        )
-        return config

@@ -266,3 +266,50 @@ class Preprocessor:
         from gpt2_lib.preset_io import save_preprocessor
 
         save_preprocessor(self, preset_dir)
+
+
+class PackingPreprocessor(Preprocessor):
+    """A preprocessor that packs token ids to `sequence_length` with start/end tokens.
+
+    The shared constructor and config of `GPT2Preprocessor` and
+    `CausalLMPreprocessor`.
+
+    Args:
+        tokenizer: the tokenizer.
+        sequence_length: int, the packed length. Defaults to `1024`.
+        add_start_token: bool, whether to prepend the start token.
+        add_end_token: bool, whether to append the end token.
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        sequence_length=1024,
+        add_start_token=True,
+        add_end_token=True,
+        **kwargs,
+    ):
+        super().__init__(tokenizer=tokenizer, **kwargs)
+        self.sequence_length = sequence_length
+        self.add_start_token = bool(add_start_token)
+        self.add_end_token = bool(add_end_token)
+
+    @property
+    def sequence_length(self):
+        """The padded length of model input sequences."""
+        return self._sequence_length
+
+    @sequence_length.setter
+    def sequence_length(self, value):
+        self._sequence_length = check_sequence_length(value)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "sequence_length": self.sequence_length,
+                "add_start_token": self.add_start_token,
+                "add_end_token": self.add_end_token,
+            }
+        )
+        return config

@@ -5,13 +5,13 @@ import numpy as np
 
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
 from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
-from gpt2_lib.models.preprocessor import Preprocessor
+from gpt2_lib.models.preprocessor import PackingPreprocessor
 from gpt2_lib.models.preprocessor import check_sequence_length
 from gpt2_lib.models.preprocessor import pack_start_end
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
-class GPT2Preprocessor(Preprocessor):
+class GPT2Preprocessor(PackingPreprocessor):
     """GPT-2 preprocessor: token ids and padding mask for the backbone.
 
     Tokenizes strings with a `GPT2Tokenizer`, adds `"<|endoftext|>"` as
@@ -56,28 +56,6 @@ class GPT2Preprocessor(Preprocessor):
     backbone_cls = GPT2Backbone
     tokenizer_cls = GPT2Tokenizer
 
-    def __init__(
-        self,
-        tokenizer,
-        sequence_length=1024,
-        add_start_token=True,
-        add_end_token=True,
-        **kwargs,
-    ):
-        super().__init__(tokenizer=tokenizer, **kwargs)
-        self.sequence_length = sequence_length
-        self.add_start_token = bool(add_start_token)
-        self.add_end_token = bool(add_end_token)
-
-    @property
-    def sequence_length(self):
-        """The padded length of model input sequences."""
-        return self._sequence_length
-
-    @sequence_length.setter
-    def sequence_length(self, value):
-        self._sequence_length = check_sequence_length(value)
-
     def call(self, x, y=None, sample_weight=None, sequence_length=None):
         if sequence_length is None:
             sequence_length = self.sequence_length
@@ -101,14 +79,3 @@ class GPT2Preprocessor(Preprocessor):
         if isinstance(sample_weight, (list, tuple)):
             sample_weight = np.asarray(sample_weight)
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "sequence_length": self.sequence_length,
-                "add_start_token": self.add_start_token,
-                "add_end_token": self.add_end_token,
-            }
-        )
-        return config
