@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.layers.attention_kernel import dot_product_attention
+from gpt2_lib.layers.initializers import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -71,9 +72,7 @@ class CachedMultiHeadAttention(keras.layers.Layer):
             equation,
             output_shape=output_shape,
             bias_axes=bias_axes,
-            kernel_initializer=keras.initializers.get(
-                keras.initializers.serialize(self.kernel_initializer)
-            ),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name=name,
         )

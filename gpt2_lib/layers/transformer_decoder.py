@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.layers.cached_multi_head_attention import CachedMultiHeadAttention
+from gpt2_lib.layers.initializers import clone_initializer
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -61,9 +62,7 @@ class TransformerDecoder(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def _initializer(self):
-        return keras.initializers.get(
-            keras.initializers.serialize(self.kernel_initializer)
-        )
+        return clone_initializer(self.kernel_initializer)
 
     def build(self, input_shape):
         hidden_dim = input_shape[-1]

@@ -31,7 +31,7 @@ from gpt2_lib.preset_io import transformers_format
 from gpt2_lib.preset_io.atomic import atomic_preset_dir
 from gpt2_lib.preset_io.atomic import fresh_path
 from gpt2_lib.preset_io.atomic import remove_matching
-from gpt2_lib.preset_io.fast_init import skip_weight_init
+from gpt2_lib.preset_io.fast_init import deferred_variables, skip_weight_init
 from gpt2_lib.preset_io.handles import preset_file
 from gpt2_lib.preset_io.handles import resolve_preset
 from gpt2_lib.preset_io.keras_format import ASSET_DIR
@@ -176,10 +176,11 @@ def _load_backbone_from_dir(cls, preset_dir, load_weights, preset, **kwargs):
             config, overrides=kwargs
         )
         backbone_config = {**backbone_config, **kwargs}
-        with skip_weight_init(load_weights):
+        with deferred_variables(load_weights) as deferred:
             backbone = found.from_config(backbone_config)
-        if load_weights:
-            transformers_format.load_weights_from_dir(backbone, preset_dir)
+        with deferred.loading():
+            if load_weights:
+                transformers_format.load_weights_from_dir(backbone, preset_dir)
         return backbone
     config = keras_format.to_gpt2_lib_names(config, where=f"{CONFIG_FILE} of {preset!r}")
     found = keras_format.lookup_class(config["registered_name"], config["class_name"])
@@ -187,7 +188,7 @@ def _load_backbone_from_dir(cls, preset_dir, load_weights, preset, **kwargs):
     check_overrides(found, kwargs)
     # Like KerasHub: without a `dtype` argument, the global dtype policy.
     backbone_config = {**config["config"], "dtype": None, **kwargs}
-    with skip_weight_init(load_weights):
+    with deferred_variables(load_weights) as deferred:
         try:
             backbone = found.from_config(backbone_config)
         except TypeError as e:
@@ -195,8 +196,9 @@ def _load_backbone_from_dir(cls, preset_dir, load_weights, preset, **kwargs):
                 f"Could not build {found.__name__} from preset {preset!r}: {e}. "
                 "Check the keyword overrides and config.json."
             ) from e
-    if load_weights:
-        keras_format.load_backbone_weights(backbone, preset_dir)
+    with deferred.loading():
+        if load_weights:
+            keras_format.load_backbone_weights(backbone, preset_dir)
     return backbone
 
 
@@ -459,22 +461,32 @@ def load_task(cls, preset, load_weights=True, **kwargs):
         found = keras_format.lookup_class(config["registered_name"], config["class_name"])
         if isinstance(cls, type) and issubclass(found, cls):
             task_config = dict(config["config"])
-            if isinstance(task_config.get("backbone"), dict):
+            if isinstance(task_config.get("backbone"), dict) and "backbone" not in kwargs:
                 task_config["backbone"]["config"]["dtype"] = dtype
-            with skip_weight_init(load_weights):
-                task = found.from_config({**task_config, **kwargs})
+                # Only the backbone is built with deferred variables (a task's
+                # optimizer creates variables that cannot be deferred).
+                with deferred_variables(load_weights) as deferred:
+                    backbone = keras.saving.deserialize_keras_object(task_config["backbone"])
+                with deferred.loading():
+                    if load_weights:
+                        keras_format.load_backbone_weights(backbone, preset_dir)
+                task_config["backbone"] = backbone
+            elif load_weights and "backbone" not in kwargs:
+                raise ValueError(
+                    f"`{TASK_CONFIG_FILE}` of preset {preset!r} has no backbone "
+                    "config; the file is corrupt."
+                )
+            task = found.from_config({**task_config, **kwargs})
             preprocessor = getattr(task, "preprocessor", None)
             tokenizer = getattr(preprocessor, "tokenizer", None)
             if tokenizer is not None and "preprocessor" not in kwargs:
                 load_tokenizer_assets(tokenizer, preset_dir)
-            if load_weights:
-                if _has_task_weights(task):
-                    keras.saving.load_weights(
-                        task,
-                        preset_file(preset_dir, TASK_WEIGHTS_FILE),
-                        objects_to_skip=_backbone_layers(task),
-                    )
-                keras_format.load_backbone_weights(task.backbone, preset_dir)
+            if load_weights and _has_task_weights(task):
+                keras.saving.load_weights(
+                    task,
+                    preset_file(preset_dir, TASK_WEIGHTS_FILE),
+                    objects_to_skip=_backbone_layers(task),
+                )
             return task
     if "backbone" not in kwargs:
         backbone_cls = getattr(cls, "backbone_cls", None) or _models().Backbone

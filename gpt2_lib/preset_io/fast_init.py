@@ -1,13 +1,18 @@
-"""Skip random initialization of weights that a preset load overwrites.
+"""Fast preset loads: build without initializing, then allocate from the file.
 
-Building GPT-2 base draws ~124M normal random numbers, then loading replaces
-them. Inside `skip_weight_init()`, `GPT2Backbone`'s `_gpt2_initializer()`
-returns a `Zeros` initializer instead (zeros are allocated, not drawn), so
-only the memory, not the random draw, is paid.
+Building GPT-2 base draws ~124M normal random numbers and allocates 475 MiB,
+then loading replaces all of it. `deferred_variables()` builds the model with
+variables that have a shape but no memory, `initialize_variable()` allocates
+each one straight from the weights file, and the rest (seed generators,
+metrics) get their own initializers at the end. Inside `skip_weight_init()`,
+`GPT2Backbone`'s `_gpt2_initializer()` returns `Zeros` instead of a random
+initializer, for whatever is still initialized normally.
 """
 
 import contextlib
 import threading
+
+import keras
 
 _state = threading.local()
 
@@ -38,3 +43,178 @@ def skip_weight_init(enabled=True):
 def is_skipping():
     """True inside `skip_weight_init()`."""
     return getattr(_state, "active", False)
+
+
+# ---------------------------------------------------------------------------
+# Deferred variables: a preset load allocates each weight once, from the file.
+#
+# Keras creates variables inside a `StatelessScope` with a shape but no value
+# and registers them as uninitialized. A load builds the model that way, then
+# gives each variable its first value straight from the file (no zeros first,
+# so peak memory is about 1x the weights), and finally initializes whatever the
+# file did not cover (seed generators, metrics) with its own initializer. This
+# relies on Keras' `_deferred_initialize` protocol; without it (another Keras),
+# variables are built normally and assigned.
+
+
+def _supports_deferral():
+    try:
+        from keras.src.backend.common import global_state  # noqa: F401
+    except ImportError:
+        return False
+    return hasattr(keras.Variable, "_deferred_initialize")
+
+
+class DeferredVariables:
+    """Variables created in `deferred_variables()`, until `close()`."""
+
+    def __init__(self, enabled):
+        self.enabled = enabled and _supports_deferral()
+        self._start = 0
+        self._scope = None
+        self.variables = []
+
+    @staticmethod
+    def _registry():
+        from keras.src.backend.common import global_state
+
+        return global_state.get_global_attribute(
+            "uninitialized_variables", [], set_to_default=True
+        )
+
+    def __enter__(self):
+        if self.enabled:
+            self._start = len(self._registry())
+            self._scope = keras.StatelessScope(initialize_variables=False)
+            self._scope.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self._scope.__exit__(*exc)
+            registry = self._registry()
+            self.variables = registry[self._start :]
+            if exc[0] is not None:
+                self.close(failed=True)
+        return False
+
+    @contextlib.contextmanager
+    def loading(self):
+        """`close()` after the block, or `close(failed=True)` if it raised."""
+        try:
+            yield self
+        except BaseException:
+            self.close(failed=True)
+            raise
+        self.close()
+
+    def close(self, failed=False):
+        """Initialize the variables nothing loaded, and unregister them all.
+
+        Args:
+            failed: bool; after a failed load the model is thrown away, so its
+                variables are only unregistered, never allocated.
+        """
+        if not self.variables:
+            return
+        ours = {id(v) for v in self.variables}
+        if not failed:
+            materialize(self.variables)
+        from keras.src.backend.common import global_state
+
+        global_state.set_global_attribute(
+            "uninitialized_variables",
+            [v for v in self._registry() if id(v) not in ours],
+        )
+        self.variables = []
+
+
+def deferred_variables(enabled=True):
+    """Create variables with shapes but no memory until loaded or `close()`d.
+
+    Also zero-initializes GPT-2's kernels (`skip_weight_init`): during the
+    symbolic build Keras may evaluate an uninitialized variable's initializer
+    as a placeholder, and zeros are cheaper than random draws.
+
+    Args:
+        enabled: bool; False builds normally.
+
+    Returns:
+        A context manager whose value is a `DeferredVariables`; call its
+        `close()` after loading (`close(failed=True)` when the load failed).
+
+    Example:
+    ```python
+    with deferred_variables() as deferred:
+        backbone = GPT2Backbone(**config)  # no weight memory yet
+    for variable, value in weights:
+        initialize_variable(variable, value)
+    deferred.close()  # seed generators etc. get their own initializers
+    ```
+    """
+    return _Both(DeferredVariables(enabled), skip_weight_init(enabled))
+
+
+class _Both:
+    def __init__(self, deferred, skip):
+        self.deferred, self.skip = deferred, skip
+
+    def __enter__(self):
+        self.skip.__enter__()
+        return self.deferred.__enter__()
+
+    def __exit__(self, *exc):
+        try:
+            return self.deferred.__exit__(*exc)
+        finally:
+            self.skip.__exit__(*exc)
+
+
+def _is_deferred(variable):
+    return getattr(variable, "_value", True) is None and getattr(
+        variable, "_initializer", None
+    ) is not None
+
+
+def initialize_variable(variable, value):
+    """Set `variable` to `value`, allocating it from `value` if deferred.
+
+    Args:
+        variable: a `keras.Variable` (deferred or not).
+        value: an array of the variable's shape (any float dtype; cast to the
+            variable's dtype). May be a `np.memmap` of a weights file.
+    """
+    if not _is_deferred(variable):
+        variable.assign(_owned(value))
+        return
+    if keras.backend.backend() == "tensorflow":
+        # A new `tf.Variable` copies its initial value: hand it the array
+        # (even a file mapping) as is, unless a cast is needed.
+        same = keras.backend.standardize_dtype(value.dtype) == variable.dtype
+        initial = value if same else keras.ops.convert_to_tensor(value, variable.dtype)
+    else:
+        # JAX and torch wrap the (owned) array without a second copy.
+        initial = keras.ops.convert_to_tensor(_owned(value), dtype=variable.dtype)
+    variable._initializer = lambda shape, dtype: initial
+    try:
+        variable._deferred_initialize()
+    finally:
+        variable._initializer = None
+
+
+def _owned(value):
+    """`value`, copied out of the file if it is a memory map.
+
+    JAX and torch would otherwise alias the mapping, and the weights would
+    change (or fault) if the file changed.
+    """
+    import numpy as np
+
+    return np.array(value) if isinstance(value, np.memmap) else value
+
+
+def materialize(variables):
+    """Give every still-deferred variable in `variables` its initial value."""
+    for variable in variables:
+        if _is_deferred(variable):
+            variable._deferred_initialize()

@@ -22,6 +22,7 @@ import h5py
 import keras
 import numpy as np
 
+from gpt2_lib.preset_io.fast_init import initialize_variable, materialize
 from gpt2_lib.preset_io.handles import preset_file
 
 CONFIG_FILE = "config.json"
@@ -403,6 +404,33 @@ def _layer_name_of(variable):
     return parts[-2] if len(parts) >= 2 else variable.name
 
 
+def _memory_map(dataset, bfloat16=False):
+    """A `np.memmap` of a contiguous, unfiltered dataset; else None.
+
+    Mapping skips h5py's copy: the backend copies straight from the page
+    cache into the variable. Offsets beyond the file's end raise ValueError.
+    """
+    if dataset.chunks is not None or dataset.compression or dataset.size == 0:
+        return None
+    offset = dataset.id.get_offset()
+    if offset is None:
+        return None
+    if bfloat16:
+        if dataset.dtype.itemsize != 2:
+            return None
+        import ml_dtypes
+
+        dtype = np.dtype(ml_dtypes.bfloat16)
+    elif dataset.dtype.kind == "f" and dataset.dtype.isnative:
+        dtype = dataset.dtype
+    else:
+        return None
+    path = dataset.file.filename
+    if offset + dataset.size * dtype.itemsize > os.path.getsize(path):
+        raise ValueError("the dataset extends past the end of the file")
+    return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=dataset.shape)
+
+
 class WeightsReader:
     """Read datasets from `model.weights.h5` or its shards, safely.
 
@@ -488,7 +516,12 @@ class WeightsReader:
 
     @staticmethod
     def read(dataset):
-        if dataset.attrs.get("dtype") == "bfloat16":
+        """The dataset's values: a read-only memory map where the layout allows."""
+        bfloat16 = dataset.attrs.get("dtype") == "bfloat16"
+        mapped = _memory_map(dataset, bfloat16)
+        if mapped is not None:
+            return mapped
+        if bfloat16:
             import ml_dtypes
 
             return np.array(dataset, dtype=ml_dtypes.bfloat16)
@@ -508,6 +541,7 @@ def load_backbone_weights(backbone, preset_dir):
     """
     pairs = backbone_weight_paths(backbone)
     if pairs is None:
+        materialize(backbone.variables)
         if preset_file(preset_dir, MODEL_WEIGHTS_FILE, required=False):
             backbone.load_weights(preset_file(preset_dir, MODEL_WEIGHTS_FILE))
         else:
@@ -531,6 +565,9 @@ def load_backbone_weights(backbone, preset_dir):
                     "expected floating point weights."
                 )
             plan.append((path, filename, dataset, variable))
+        # Largest first: while few variables exist, a value and its copy
+        # fit beside them (peak memory stays near 1x the weights).
+        plan.sort(key=lambda item: -item[2].size)
         for path, filename, dataset, variable in plan:
             try:
                 value = reader.read(dataset)
@@ -539,7 +576,7 @@ def load_backbone_weights(backbone, preset_dir):
                     f"Could not read variable {path!r} from `{filename}` of "
                     f"preset {preset_dir!r}: {e}. The file is corrupt or truncated."
                 ) from None
-            variable.assign(value)
+            initialize_variable(variable, value)
             del value
     finally:
         reader.close()

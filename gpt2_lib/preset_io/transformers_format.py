@@ -10,6 +10,8 @@ keyed by Transformers' names (without the `transformer.` prefix).
 import keras
 import numpy as np
 
+from gpt2_lib.preset_io.fast_init import initialize_variable
+
 # Transformers config fields we read, and how they map to GPT2Backbone's.
 _ACTIVATIONS = ("gelu_new", "gelu_pytorch_tanh")
 
@@ -205,7 +207,7 @@ def load_transformers_weights(backbone, tensors):
             )
         updates.append((variable, value))
     for variable, value in updates:
-        variable.assign(value.astype(variable.dtype))
+        initialize_variable(variable, value)
 
 
 def transformers_weights_from_backbone(backbone):
@@ -375,7 +377,7 @@ def load_weights_from_dir(backbone, preset_dir):
             value = np.split(fused_cache[base], 3, axis=-1)[int(index)]
         else:
             value = reader[_resolve(name, reader)]
-        variable.assign(to_keras(np.ascontiguousarray(value)))
+        initialize_variable(variable, to_keras(np.ascontiguousarray(value)))
         del value
     reader.close()
 
