@@ -3,8 +3,9 @@
 Saves a random GPT-2 base (124M params) preset once with gpt2_lib and a
 Transformers checkpoint (safetensors) of the same size, then, in a fresh
 process per measurement (page cache warmed by reading the files first),
-times `Backbone.from_preset(dir)` and `transformers.GPT2Model.from_pretrained(dir)`
-and reports wall time and peak RSS against RSS before loading.
+times `Backbone.from_preset(dir)` (our preset, and the Transformers checkpoint
+directory, "HF dir") and `transformers.GPT2Model.from_pretrained(dir)`, and
+reports wall time and peak RSS against RSS before loading.
 
     python benchmarks/load.py [--backends jax torch tensorflow] [--workdir /tmp/gpt2_load_bench]
 
@@ -34,7 +35,7 @@ def warm(path):
                 while f.read(1 << 24):
                     pass
 kind, path = sys.argv[1], sys.argv[2]
-if kind == "gpt2_lib":
+if kind.startswith("gpt2_lib"):
     import keras, gpt2_lib
     from gpt2_lib.models import Backbone
     # Warm up the backend (first-op initialization is not load time).
@@ -83,18 +84,19 @@ def main():
         os.makedirs(args.workdir, exist_ok=True)
         run(_SAVE, [ours, theirs])
     rows = [("gpt2_lib " + b, "gpt2_lib", b) for b in args.backends]
+    rows += [("gpt2_lib " + b + " (HF dir)", "gpt2_lib_hf", b) for b in args.backends]
     rows.append(("transformers (torch)", "transformers", "torch"))
     print(f"weights: {WEIGHT_BYTES / 2**20:.0f} MiB float32")
-    print(f"| {'loader':<22} | best s | median s | RSS before MiB | peak MiB | (peak-before)/weights |")
-    print(f"|{'-' * 24}|--------|----------|----------------|----------|-----------------------|")
+    print(f"| {'loader':<29} | best s | median s | RSS before MiB | peak MiB | (peak-before)/weights |")
+    print(f"|{'-' * 31}|--------|----------|----------------|----------|-----------------------|")
     for label, kind, backend in rows:
-        path = ours if kind == "gpt2_lib" else theirs
+        path = ours if kind == "gpt2_lib" else theirs  # gpt2_lib_hf: theirs
         results = [json.loads(run(_CHILD, [kind, path], backend).strip().splitlines()[-1]) for _ in range(args.repeats)]
         times = sorted(r["seconds"] for r in results)
         best = min(results, key=lambda r: r["seconds"])
         ratio = (best["peak_rss"] - best["rss_before"]) / WEIGHT_BYTES
         print(
-            f"| {label:<22} | {times[0]:6.2f} | {times[len(times) // 2]:8.2f} | "
+            f"| {label:<29} | {times[0]:6.2f} | {times[len(times) // 2]:8.2f} | "
             f"{best['rss_before'] / 2**20:14.0f} | {best['peak_rss'] / 2**20:8.0f} | {ratio:21.2f} |"
         )
 

@@ -314,9 +314,15 @@ class SafetensorsReader:
         return tuple(self._open(filename).get_slice(name).get_shape())
 
     def __getitem__(self, name):
+        from safetensors import safe_open
+
         filename = self._names[name]
+        self._open(filename)  # Checks the file once, with a clear error.
         try:
-            return self._open(filename).get_tensor(name)
+            # A handle per tensor: the file pages it maps are released with it,
+            # so the mapped checkpoint never adds to the model's memory.
+            with safe_open(self._files[filename], framework="numpy") as handle:
+                return handle.get_tensor(name)
         except Exception as e:
             raise ValueError(
                 f"Could not read tensor {name!r} from `{filename}` in "
