@@ -260,7 +260,7 @@ def print_table(results, bandwidth, batch_sizes):
             value = result["generate"][str(b)]["tokens_per_s"]
             ref = reference and reference["generate"][str(b)]["tokens_per_s"]
             row.append(f"{value:.1f}" + (f" ({value / ref:.2f}x)" if ref else ""))
-        row.append(f"{result['generate'][str(batch_sizes[0])]['first_s']:.1f}")
+        row.append(f"{result['generate'][str(batch_sizes[0])]['first_s']:.1f}" if batch_sizes else "-")
         if "train" in result:
             value = result["train"]["tokens_per_s"]
             ref = reference and reference.get("train", {}).get("tokens_per_s")
@@ -275,7 +275,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 timed repeat, 2 train steps, batch 1 only")
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
+    parser.add_argument("--batch-sizes", nargs="*", type=int, default=[1, 8], help="generation batch sizes (none: training only)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--no-transformers", action="store_true")

@@ -10,6 +10,8 @@ from gpt2_lib.layers.position_embedding import PositionEmbedding
 from gpt2_lib.layers.position_embedding import position_ids_from_padding_mask
 from gpt2_lib.layers.transformer_decoder import TransformerDecoder
 from gpt2_lib.models.backbone import Backbone
+from gpt2_lib.models.gpt2.gpt2_torch_forward import supports_torch_forward
+from gpt2_lib.models.gpt2.gpt2_torch_forward import torch_forward
 
 INPUT_KEYS = ("token_ids", "padding_mask")
 OPTIONAL_INPUT_KEYS = ("position_ids",)
@@ -272,9 +274,11 @@ class GPT2Backbone(Backbone):
         return super().__call__(self._standardize_inputs(inputs), *args, **kwargs)
 
     def call(self, inputs, training=None, mask=None, **kwargs):
-        return super().call(
-            self._standardize_inputs(inputs), training=training, mask=mask, **kwargs
-        )
+        inputs = self._standardize_inputs(inputs)
+        if supports_torch_forward(self, inputs, training):
+            # Same result as the graph below, without per-layer overhead.
+            return torch_forward(self, **inputs)
+        return super().call(inputs, training=training, mask=mask, **kwargs)
 
     # === Cached forward pass, for generation ===
 
