@@ -34,6 +34,15 @@ def _check_stop_token_ids(stop_token_ids, vocabulary_size):
     return tuple(int(i) for i in stop_token_ids) or None
 
 
+def _tensorflow_cpu_only():
+    """True on the TensorFlow backend when TensorFlow sees no GPU."""
+    if keras.config.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return not tf.config.list_physical_devices("GPU")
+
+
 def _to_numpy(value):
     if isinstance(value, np.ndarray):
         return value
@@ -94,9 +103,16 @@ class CausalLM(Task):
             sampler: the decoding strategy of `generate()`: `"greedy"`,
                 `"top_k"`, `"top_p"`, `"random"`, `"beam"`, or a
                 `gpt2_lib.samplers.Sampler` instance.
-            **kwargs: other `keras.Model.compile` arguments.
+            **kwargs: other `keras.Model.compile` arguments. `jit_compile`
+                defaults to `"auto"`, except on TensorFlow without a GPU where
+                it defaults to False: TensorFlow's own CPU kernels train GPT-2
+                faster than XLA (see `benchmarks/NOTES.md`).
         """
         sampler = samplers_lib.get(sampler)
+        # Generation keeps XLA unless it is turned off explicitly.
+        self._jit_generate = kwargs.get("jit_compile", "auto") is not False
+        if kwargs.get("jit_compile", "auto") == "auto" and _tensorflow_cpu_only():
+            kwargs["jit_compile"] = False
         if optimizer == "auto":
             optimizer = keras.optimizers.AdamW(
                 learning_rate=5e-5, weight_decay=0.01, global_clipnorm=1.0
@@ -165,7 +181,7 @@ class CausalLM(Task):
         elif backend == "tensorflow" and not self.run_eagerly:
             import tensorflow as tf
 
-            generate_function = tf.function(self.generate_step, jit_compile=bool(getattr(self, "jit_compile", True)))
+            generate_function = tf.function(self.generate_step, jit_compile=getattr(self, "_jit_generate", True))
         elif backend == "jax" and not self.run_eagerly:
             generate_function = self._make_jax_generate_function()
         else:

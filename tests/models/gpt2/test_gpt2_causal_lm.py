@@ -439,3 +439,22 @@ def test_torch_decoding_step_equals_keras_cached_step():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(new_cache), keras.ops.convert_to_numpy(expected_cache), atol=1e-5
     )
+
+
+def test_tensorflow_on_cpu_trains_without_xla_and_generates_with_it():
+    _, lm = greedy_lm()
+    prompt = {"token_ids": np.array([[5, 6, 7, 0]]), "padding_mask": np.array([[1, 1, 1, 0]])}
+    if keras.config.backend() == "tensorflow":
+        # TensorFlow's CPU kernels train faster than XLA (benchmarks/NOTES.md).
+        assert lm.jit_compile is False
+        lm.generate(prompt, stop_token_ids=None)
+        assert lm.generate_function._jit_compile is True
+        lm.compile(sampler="greedy", jit_compile=True)
+        assert lm.jit_compile is True
+        lm.compile(sampler="greedy", jit_compile=False)
+        lm.generate(prompt, stop_token_ids=None)
+        assert lm.generate_function._jit_compile is False
+    else:
+        reference = keras.Model()
+        reference.compile()
+        assert lm.jit_compile == reference.jit_compile
