@@ -102,6 +102,42 @@ class _PreprocessedIterable(keras.utils.PyDataset):
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
+def _is_arrays(data):
+    if isinstance(data, dict):
+        return bool(data) and all(isinstance(v, np.ndarray) for v in data.values())
+    return isinstance(data, np.ndarray)
+
+
+def _tensorflow_array_dataset(x, y, sample_weight, batch_size, shuffle, fit_kwargs):
+    """NumPy training data as a `tf.data.Dataset` without autotuning, or None.
+
+    On TensorFlow, `fit()` on arrays goes through a tf.data pipeline whose
+    autotuning thread can hold up the end of the call for ~12 s while the
+    iterator is deleted (see `benchmarks/NOTES.md`). The same batches, in a
+    pipeline with autotuning off, end at once. Other backends, other data
+    and `validation_split`/`steps_per_epoch` keep Keras' own handling.
+    """
+    if keras.config.backend() != "tensorflow" or not _is_arrays(x):
+        return None
+    if any(v is not None and not isinstance(v, np.ndarray) for v in (y, sample_weight)):
+        return None
+    if fit_kwargs.get("validation_split") or fit_kwargs.get("steps_per_epoch"):
+        return None
+    if sample_weight is not None and y is None:
+        return None
+    import tensorflow as tf
+
+    parts = (x,) + tuple(v for v in (y, sample_weight) if v is not None)
+    dataset = tf.data.Dataset.from_tensor_slices(parts if len(parts) > 1 else x)
+    if shuffle:
+        first = next(iter(x.values())) if isinstance(x, dict) else x
+        dataset = dataset.shuffle(len(first), reshuffle_each_iteration=True)
+    dataset = dataset.batch(batch_size or 32).prefetch(1)
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
+
+
 class Task(keras.Model):
     """Base class of the task models: a `Backbone`, a head and a preprocessor.
 
@@ -311,6 +347,10 @@ class Task(keras.Model):
             validation_data = val[0] if isinstance(val[0], keras.utils.PyDataset) else tuple(
                 v for v in val[:3] if v is not None
             )
+        dataset = _tensorflow_array_dataset(x, y, sample_weight, batch_size, shuffle, kwargs)
+        if dataset is not None:
+            # The dataset shuffles itself (Keras would warn that `shuffle` is ignored).
+            x, y, sample_weight, batch_size, shuffle = dataset, None, None, None, False
         return super().fit(
             x=x,
             y=y,

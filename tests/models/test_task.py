@@ -1,5 +1,6 @@
 """Task data plumbing: raw strings and tf.data batches go through the preprocessor."""
 
+import keras
 import numpy as np
 import pytest
 
@@ -49,3 +50,44 @@ def test_tf_dataset_batches_are_decoded_and_repeat_each_epoch():
 def test_task_from_preset_on_the_base_class_is_an_error():
     with pytest.raises(ValueError, match="Task.from_preset"):
         Task.from_preset("gpt2_base_en")
+
+
+def _tiny_lm():
+    from gpt2_lib.models import GPT2Backbone
+    from gpt2_lib.models import GPT2CausalLM
+
+    keras.utils.set_random_seed(0)
+    backbone = GPT2Backbone(vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=8,
+                            intermediate_dim=16, max_sequence_length=16, dropout=0.0)
+    lm = GPT2CausalLM(backbone, preprocessor=None)
+    lm.compile(optimizer=keras.optimizers.SGD(0.1), sampler="greedy")
+    return lm
+
+
+def test_fit_on_arrays_matches_keras_and_avoids_autotuned_pipeline_on_tensorflow(monkeypatch):
+    from gpt2_lib.models import task as task_module
+
+    token_ids = np.random.default_rng(0).integers(0, 40, (6, 9)).astype("int32")
+    made = []
+    original = task_module._tensorflow_array_dataset
+    monkeypatch.setattr(
+        task_module, "_tensorflow_array_dataset", lambda *a: made.append(original(*a)) or made[-1]
+    )
+    ours = _tiny_lm()
+    history = ours.fit({"token_ids": token_ids}, batch_size=4, epochs=2, shuffle=False, verbose=0)
+    # Keras' own array handling, on the same prepared data, from the same start.
+    reference = _tiny_lm()
+    x, y, sample_weight, _ = reference._prepare_data({"token_ids": token_ids})
+    expected = keras.Model.fit(
+        reference, x, y, sample_weight=sample_weight, batch_size=4, epochs=2, shuffle=False, verbose=0
+    )
+    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-5)
+    for a, b in zip(ours.get_weights(), reference.get_weights()):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    if keras.config.backend() == "tensorflow":
+        assert made[0] is not None and made[0].options().autotune.enabled is False
+        ours.fit({"token_ids": token_ids}, batch_size=4, epochs=1, shuffle=True, verbose=0)
+        ours.fit({"token_ids": token_ids}, batch_size=4, epochs=1, validation_split=0.5, verbose=0)
+        assert made[1] is not None and made[2] is None  # validation_split: Keras' own path
+    else:
+        assert made == [None]
