@@ -135,10 +135,13 @@ class TransformerDecoder(keras.layers.Layer):
             attended, training=training
         )
         # MLP sub-block: hidden -> intermediate -> hidden.
-        mlp = self._feedforward_intermediate_dense(
-            self._feedforward_layer_norm(hidden_states)
-        )
+        # As (batch * seq, hidden) rows: XLA's CPU backward of a 3D x 2D
+        # matmul runs ~1.4x slower than the same 2D matmul (benchmarks/NOTES.md).
+        normed = self._feedforward_layer_norm(hidden_states)
+        rows = ops.reshape(normed, (-1, ops.shape(normed)[-1]))
+        mlp = self._feedforward_intermediate_dense(rows)
         mlp = self._feedforward_output_dense(ops.gelu(mlp, approximate=True))
+        mlp = ops.reshape(mlp, ops.shape(hidden_states))
         hidden_states = hidden_states + self._feedforward_dropout(mlp, training=training)
         if cache is None:
             return hidden_states
