@@ -101,7 +101,6 @@ class _PreprocessedIterable(keras.utils.PyDataset):
         self._next_index = 0
 
 
-@keras.saving.register_keras_serializable(package="gpt2_lib")
 def _is_arrays(data):
     if isinstance(data, dict):
         return bool(data) and all(isinstance(v, np.ndarray) for v in data.values())
@@ -138,6 +137,7 @@ def _tensorflow_array_dataset(x, y, sample_weight, batch_size, shuffle, fit_kwar
     return dataset.with_options(options)
 
 
+@keras.saving.register_keras_serializable(package="gpt2_lib")
 class Task(keras.Model):
     """Base class of the task models: a `Backbone`, a head and a preprocessor.
 

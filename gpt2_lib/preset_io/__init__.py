@@ -31,7 +31,8 @@ from gpt2_lib.preset_io import transformers_format
 from gpt2_lib.preset_io.atomic import atomic_preset_dir
 from gpt2_lib.preset_io.atomic import fresh_path
 from gpt2_lib.preset_io.atomic import remove_matching
-from gpt2_lib.preset_io.fast_init import deferred_variables, skip_weight_init
+from gpt2_lib.preset_io.fast_init import build_and_load
+from gpt2_lib.preset_io.fast_init import skip_weight_init
 from gpt2_lib.preset_io.handles import preset_file
 from gpt2_lib.preset_io.handles import resolve_preset
 from gpt2_lib.preset_io.keras_format import ASSET_DIR
@@ -176,30 +177,35 @@ def _load_backbone_from_dir(cls, preset_dir, load_weights, preset, **kwargs):
             config, overrides=kwargs
         )
         backbone_config = {**backbone_config, **kwargs}
-        with deferred_variables(load_weights) as deferred:
-            backbone = found.from_config(backbone_config)
-        with deferred.loading():
-            if load_weights:
-                transformers_format.load_weights_from_dir(backbone, preset_dir)
-        return backbone
+        return build_and_load(
+            lambda: found.from_config(backbone_config),
+            _loader(load_weights, transformers_format.load_weights_from_dir, preset_dir),
+        )
     config = keras_format.to_gpt2_lib_names(config, where=f"{CONFIG_FILE} of {preset!r}")
     found = keras_format.lookup_class(config["registered_name"], config["class_name"])
     _check_subclass(found, cls, preset, "backbone")
     check_overrides(found, kwargs)
     # Like KerasHub: without a `dtype` argument, the global dtype policy.
     backbone_config = {**config["config"], "dtype": None, **kwargs}
-    with deferred_variables(load_weights) as deferred:
+    def build():
         try:
-            backbone = found.from_config(backbone_config)
+            return found.from_config(backbone_config)
         except TypeError as e:
             raise TypeError(
                 f"Could not build {found.__name__} from preset {preset!r}: {e}. "
                 "Check the keyword overrides and config.json."
             ) from e
-    with deferred.loading():
-        if load_weights:
-            keras_format.load_backbone_weights(backbone, preset_dir)
-    return backbone
+
+    return build_and_load(
+        build, _loader(load_weights, keras_format.load_backbone_weights, preset_dir)
+    )
+
+
+def _loader(load_weights, load_from_dir, preset_dir):
+    """`model -> load_from_dir(model, preset_dir)`, or None without weights."""
+    if not load_weights:
+        return None
+    return lambda model: load_from_dir(model, preset_dir)
 
 
 def write_backbone(backbone, directory, max_shard_size=10):
@@ -465,12 +471,10 @@ def load_task(cls, preset, load_weights=True, **kwargs):
                 task_config["backbone"]["config"]["dtype"] = dtype
                 # Only the backbone is built with deferred variables (a task's
                 # optimizer creates variables that cannot be deferred).
-                with deferred_variables(load_weights) as deferred:
-                    backbone = keras.saving.deserialize_keras_object(task_config["backbone"])
-                with deferred.loading():
-                    if load_weights:
-                        keras_format.load_backbone_weights(backbone, preset_dir)
-                task_config["backbone"] = backbone
+                task_config["backbone"] = build_and_load(
+                    lambda: keras.saving.deserialize_keras_object(task_config["backbone"]),
+                    _loader(load_weights, keras_format.load_backbone_weights, preset_dir),
+                )
             elif load_weights and "backbone" not in kwargs:
                 raise ValueError(
                     f"`{TASK_CONFIG_FILE}` of preset {preset!r} has no backbone "

@@ -129,6 +129,7 @@ class DeferredVariables:
         self.variables = []
 
 
+@contextlib.contextmanager
 def deferred_variables(enabled=True):
     """Create variables with shapes but no memory until loaded or `close()`d.
 
@@ -139,9 +140,9 @@ def deferred_variables(enabled=True):
     Args:
         enabled: bool; False builds normally.
 
-    Returns:
-        A context manager whose value is a `DeferredVariables`; call its
-        `close()` after loading (`close(failed=True)` when the load failed).
+    Yields:
+        A `DeferredVariables`; call its `close()` after loading
+        (`close(failed=True)` when the load failed), or use `build_and_load`.
 
     Example:
     ```python
@@ -152,22 +153,28 @@ def deferred_variables(enabled=True):
     deferred.close()  # seed generators etc. get their own initializers
     ```
     """
-    return _Both(DeferredVariables(enabled), skip_weight_init(enabled))
+    with skip_weight_init(enabled), DeferredVariables(enabled) as deferred:
+        yield deferred
 
 
-class _Both:
-    def __init__(self, deferred, skip):
-        self.deferred, self.skip = deferred, skip
+def build_and_load(build, load=None):
+    """`build()` a model with deferred variables, then `load(model)` into it.
 
-    def __enter__(self):
-        self.skip.__enter__()
-        return self.deferred.__enter__()
+    Args:
+        build: callable returning the model.
+        load: callable filling the model's variables (with
+            `initialize_variable`), or None to initialize them normally.
 
-    def __exit__(self, *exc):
-        try:
-            return self.deferred.__exit__(*exc)
-        finally:
-            self.skip.__exit__(*exc)
+    Returns:
+        The model, every variable initialized. If `load` raises, the model's
+        variables are unregistered and the error propagates.
+    """
+    with deferred_variables(load is not None) as deferred:
+        model = build()
+    with deferred.loading():
+        if load is not None:
+            load(model)
+    return model
 
 
 def _is_deferred(variable):

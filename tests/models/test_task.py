@@ -91,3 +91,7 @@ def test_fit_on_arrays_matches_keras_and_avoids_autotuned_pipeline_on_tensorflow
         assert made[1] is not None and made[2] is None  # validation_split: Keras' own path
     else:
         assert made == [None]
+
+
+def test_task_is_registered_for_keras_saving():
+    assert keras.saving.get_registered_object("gpt2_lib>Task") is Task

@@ -7,6 +7,7 @@ from gpt2_lib.layers.attention_mask import causal_attention_mask
 from gpt2_lib.models.causal_lm import CausalLM
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
 from gpt2_lib.models.gpt2.gpt2_causal_lm_preprocessor import GPT2CausalLMPreprocessor
+from gpt2_lib.models.gpt2.gpt2_torch_forward import has_quantized_layers
 from gpt2_lib.samplers.sampler import any_equal
 
 
@@ -76,10 +77,7 @@ class _TorchDecoder:
     @staticmethod
     def supports(backbone):
         """Plain float layers only (quantized layers take the Keras path)."""
-        return keras.config.backend() == "torch" and all(
-            getattr(layer, "quantization_mode", None) is None
-            for layer in backbone._flatten_layers()
-        )
+        return keras.config.backend() == "torch" and not has_quantized_layers(backbone)
 
     def _norm(self, x, params):
         gamma, beta, epsilon = params

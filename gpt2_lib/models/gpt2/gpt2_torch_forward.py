@@ -17,6 +17,14 @@ from gpt2_lib.layers.attention_mask import causal_attention_mask
 from gpt2_lib.layers.position_embedding import position_ids_from_padding_mask
 
 
+def has_quantized_layers(backbone):
+    """True if any layer of `backbone` is quantized (torch paths skip those)."""
+    return any(
+        getattr(layer, "quantization_mode", None) is not None
+        for layer in backbone._flatten_layers()
+    )
+
+
 def supports_torch_forward(backbone, inputs, training=None):
     """Whether `torch_forward` computes exactly what the Keras graph would.
 
@@ -38,9 +46,7 @@ def supports_torch_forward(backbone, inputs, training=None):
         return False
     if backbone.dtype_policy.name != "float32":
         return False
-    return all(
-        getattr(layer, "quantization_mode", None) is None for layer in backbone._flatten_layers()
-    )
+    return not has_quantized_layers(backbone)
 
 
 def _dense(x, layer):
