@@ -310,6 +310,31 @@ def test_fit_on_token_dicts_and_default_compile():
     assert losses[-1] < losses[0] * 0.7
 
 
+def test_per_token_loss_on_rows_equals_keras_loss_on_the_batch():
+    _, lm = greedy_lm()  # default loss: sparse categorical cross-entropy
+    x = mixed_batch()
+    y = np.roll(x["token_ids"], -1, axis=1)
+    weights = x["padding_mask"].astype("float32")
+    y_pred = lm(x)
+    expected = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(
+        y, y_pred, sample_weight=weights
+    )
+    actual = lm.compute_loss(x, y, y_pred, weights)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(actual), keras.ops.convert_to_numpy(expected), rtol=1e-6
+    )
+    # A loss that is not per-token sees the (batch, seq, vocab) predictions.
+    ranks = []
+
+    def sequence_loss(y_true, y_pred):
+        ranks.append(len(y_pred.shape))
+        return keras.ops.mean(y_pred, axis=-1)
+
+    lm.compile(loss=sequence_loss, sampler="greedy")
+    lm.compute_loss(x, y, y_pred, weights)
+    assert ranks == [3]
+
+
 def test_lora_fit_trains_only_adapters():
     lm = string_lm()
     lm.backbone.enable_lora(4)
