@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.layers.cached_multi_head_attention import CachedMultiHeadAttention
+from gpt2_lib.layers.gradient_barrier import gradient_barrier
 from gpt2_lib.layers.initializers import clone_initializer
 
 
@@ -121,6 +122,9 @@ class TransformerDecoder(keras.layers.Layer):
         cache_update_index=None,
         training=None,
     ):
+        # The residual gradient is computed once per sub-block, not re-fused
+        # into every later consumer (JAX/XLA; identity elsewhere).
+        hidden_states = gradient_barrier(hidden_states)
         # Attention sub-block: (batch, seq, hidden) -> (batch, seq, hidden).
         attended = self._self_attention_layer(
             self._self_attention_layer_norm(hidden_states),
@@ -131,8 +135,8 @@ class TransformerDecoder(keras.layers.Layer):
         )
         if cache is not None:
             attended, cache = attended
-        hidden_states = hidden_states + self._self_attention_dropout(
-            attended, training=training
+        hidden_states = gradient_barrier(
+            hidden_states + self._self_attention_dropout(attended, training=training)
         )
         # MLP sub-block: hidden -> intermediate -> hidden.
         # As (batch * seq, hidden) rows: XLA's CPU backward of a 3D x 2D
