@@ -156,9 +156,10 @@ class CausalLM(Task):
 
     # Training data ------------------------------------------------------------
 
-    def _prepare_data(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False):
+    def _prepare_data(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False, labels=True):
         # Token ids without labels: predict each next token, masking padding.
-        if isinstance(x, dict) and "token_ids" in x and y is None and sample_weight is None:
+        # (`predict` takes the token ids as they are: logits for every position.)
+        if labels and isinstance(x, dict) and "token_ids" in x and y is None and sample_weight is None:
             token_ids = _to_numpy(x["token_ids"])
             padding_mask = _to_numpy(
                 x.get("padding_mask", np.ones_like(token_ids))
@@ -173,7 +174,7 @@ class CausalLM(Task):
             y = token_ids[:, 1:]
             sample_weight = (padding_mask[:, 1:] & padding_mask[:, :-1]).astype("float32")
             return x, y, sample_weight, batch_size
-        return super()._prepare_data(x, y, sample_weight, batch_size, shuffle)
+        return super()._prepare_data(x, y, sample_weight, batch_size, shuffle, labels)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         """The compiled loss, on `(batch * seq, vocab)` rows for per-token losses.

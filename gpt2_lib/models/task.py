@@ -108,19 +108,20 @@ def _is_arrays(data):
 
 
 def _tensorflow_array_dataset(x, y, sample_weight, batch_size, shuffle, fit_kwargs):
-    """NumPy training data as a `tf.data.Dataset` without autotuning, or None.
+    """NumPy data as a `tf.data.Dataset` without autotuning, or None.
 
-    On TensorFlow, `fit()` on arrays goes through a tf.data pipeline whose
-    autotuning thread can hold up the end of the call for ~12 s while the
-    iterator is deleted (see `benchmarks/NOTES.md`). The same batches, in a
-    pipeline with autotuning off, end at once. Other backends, other data
-    and `validation_split`/`steps_per_epoch` keep Keras' own handling.
+    On TensorFlow, `fit()`, `evaluate()` and `predict()` on arrays go through
+    a tf.data pipeline whose autotuning thread can hold up the end of the
+    call for seconds (up to ~12 s for a training run) while the iterator is
+    deleted (see `benchmarks/NOTES.md`). The same batches, in a pipeline with
+    autotuning off, end at once. Other backends, other data and
+    `validation_split`/`steps_per_epoch`/`steps` keep Keras' own handling.
     """
     if keras.config.backend() != "tensorflow" or not _is_arrays(x):
         return None
     if any(v is not None and not isinstance(v, np.ndarray) for v in (y, sample_weight)):
         return None
-    if fit_kwargs.get("validation_split") or fit_kwargs.get("steps_per_epoch"):
+    if any(fit_kwargs.get(name) for name in ("validation_split", "steps_per_epoch", "steps")):
         return None
     if sample_weight is not None and y is None:
         return None
@@ -315,9 +316,10 @@ class Task(keras.Model):
             return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         return self.preprocessor(x, y=y, sample_weight=sample_weight)
 
-    def _prepare_data(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False):
+    def _prepare_data(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False, labels=True):
         """Route raw strings through the preprocessor, batch by batch.
 
+        `labels=False` (for `predict`) asks for model inputs only.
         Returns `(x, y, sample_weight, batch_size)` for `keras.Model`.
         """
         if self.preprocessor is not None:
@@ -364,9 +366,15 @@ class Task(keras.Model):
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         """`keras.Model.evaluate`, preprocessing raw strings if a preprocessor is attached."""
         x, y, sample_weight, batch_size = self._prepare_data(x, y, sample_weight, batch_size)
+        dataset = _tensorflow_array_dataset(x, y, sample_weight, batch_size, False, kwargs)
+        if dataset is not None:
+            x, y, sample_weight, batch_size = dataset, None, None, None
         return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
         """`keras.Model.predict`, preprocessing raw strings if a preprocessor is attached."""
-        x, _, _, batch_size = self._prepare_data(x, batch_size=batch_size)
+        x, _, _, batch_size = self._prepare_data(x, batch_size=batch_size, labels=False)
+        dataset = _tensorflow_array_dataset(x, None, None, batch_size, False, kwargs)
+        if dataset is not None:
+            x, batch_size = dataset, None
         return super().predict(x, batch_size=batch_size, **kwargs)

@@ -93,5 +93,31 @@ def test_fit_on_arrays_matches_keras_and_avoids_autotuned_pipeline_on_tensorflow
         assert made == [None]
 
 
+def test_evaluate_and_predict_on_arrays_match_keras(monkeypatch):
+    from gpt2_lib.models import task as task_module
+
+    token_ids = np.random.default_rng(1).integers(0, 40, (6, 9)).astype("int32")
+    made = []
+    original = task_module._tensorflow_array_dataset
+    monkeypatch.setattr(
+        task_module, "_tensorflow_array_dataset", lambda *a: made.append(original(*a)) or made[-1]
+    )
+    lm = _tiny_lm()
+    x, y, sample_weight, _ = lm._prepare_data({"token_ids": token_ids})
+    ours = lm.evaluate({"token_ids": token_ids}, batch_size=4, verbose=0)
+    expected = keras.Model.evaluate(lm, x, y, sample_weight=sample_weight, batch_size=4, verbose=0)
+    np.testing.assert_allclose(ours, expected, rtol=1e-6)
+    logits = lm.predict(x, batch_size=4, verbose=0)
+    np.testing.assert_allclose(logits, keras.Model.predict(lm, x, batch_size=4, verbose=0), rtol=1e-6)
+    assert logits.shape == (6, 8, 40)  # every position of the given token ids
+    if keras.config.backend() == "tensorflow":
+        assert len(made) == 2 and all(d is not None for d in made)
+        assert all(d.options().autotune.enabled is False for d in made)
+        lm.evaluate({"token_ids": token_ids}, batch_size=4, steps=1, verbose=0)
+        assert made[2] is None  # `steps`: Keras' own path
+    else:
+        assert made == [None, None]
+
+
 def test_task_is_registered_for_keras_saving():
     assert keras.saving.get_registered_object("gpt2_lib>Task") is Task
