@@ -64,15 +64,21 @@ def _tiny_lm():
     return lm
 
 
-def test_fit_on_arrays_matches_keras_and_avoids_autotuned_pipeline_on_tensorflow(monkeypatch):
+@pytest.fixture
+def made(monkeypatch):
+    """Every `_tensorflow_array_dataset` result, in call order."""
     from gpt2_lib.models import task as task_module
 
-    token_ids = np.random.default_rng(0).integers(0, 40, (6, 9)).astype("int32")
-    made = []
+    results = []
     original = task_module._tensorflow_array_dataset
     monkeypatch.setattr(
-        task_module, "_tensorflow_array_dataset", lambda *a: made.append(original(*a)) or made[-1]
+        task_module, "_tensorflow_array_dataset", lambda *a: results.append(original(*a)) or results[-1]
     )
+    return results
+
+
+def test_fit_on_arrays_matches_keras_and_avoids_autotuned_pipeline_on_tensorflow(made):
+    token_ids = np.random.default_rng(0).integers(0, 40, (6, 9)).astype("int32")
     ours = _tiny_lm()
     history = ours.fit({"token_ids": token_ids}, batch_size=4, epochs=2, shuffle=False, verbose=0)
     # Keras' own array handling, on the same prepared data, from the same start.
@@ -93,15 +99,8 @@ def test_fit_on_arrays_matches_keras_and_avoids_autotuned_pipeline_on_tensorflow
         assert made == [None]
 
 
-def test_evaluate_and_predict_on_arrays_match_keras(monkeypatch):
-    from gpt2_lib.models import task as task_module
-
+def test_evaluate_and_predict_on_arrays_match_keras(made):
     token_ids = np.random.default_rng(1).integers(0, 40, (6, 9)).astype("int32")
-    made = []
-    original = task_module._tensorflow_array_dataset
-    monkeypatch.setattr(
-        task_module, "_tensorflow_array_dataset", lambda *a: made.append(original(*a)) or made[-1]
-    )
     lm = _tiny_lm()
     x, y, sample_weight, _ = lm._prepare_data({"token_ids": token_ids})
     ours = lm.evaluate({"token_ids": token_ids}, batch_size=4, verbose=0)
