@@ -2,6 +2,7 @@
 
 from gpt2_lib import layers
 from gpt2_lib import models
+from gpt2_lib import optimizers
 from gpt2_lib import samplers
 from gpt2_lib import tokenizers
 

@@ -89,19 +89,15 @@ def _use_torch_fused_adamw(optimizer):
 
 def _torch_fusable(variables):
     """Dense float32 torch variables, all on one device."""
-    values = [v.value for v in variables]
-    return bool(values) and all(
-        str(value.dtype) == "torch.float32"
-        and value.device == values[0].device
-        and value.layout == values[0].layout == _torch_strided()
-        for value in values
-    )
-
-
-def _torch_strided():
     import torch
 
-    return torch.strided
+    values = [v.value for v in variables]
+    return bool(values) and all(
+        value.dtype == torch.float32
+        and value.layout == torch.strided
+        and value.device == values[0].device
+        for value in values
+    )
 
 
 def _torch_fused_update(optimizer, grads, variables, learning_rate):
