@@ -44,8 +44,12 @@ def _tensorflow_cpu_only():
     return not tf.config.list_physical_devices("GPU")
 
 
-# Losses whose value is a reduction of independent per-token terms.
-_PER_TOKEN_LOSSES = (keras.losses.SparseCategoricalCrossentropy,)
+def _is_per_token_loss(loss):
+    """A loss whose value reduces independent per-token terms over the last axis."""
+    return (
+        isinstance(loss, keras.losses.SparseCategoricalCrossentropy)
+        and loss._fn_kwargs.get("axis", -1) == -1
+    )
 
 
 def _token_batch(y, y_pred, sample_weight):
@@ -144,12 +148,8 @@ class CausalLM(Task):
         super().compile(
             optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs
         )
-        # torch: Keras' Adam(W) update in one fused pass (same math).
+        # torch and TensorFlow: Keras' Adam(W) update in one fused kernel (same math).
         use_fused_adam(self.optimizer)
-        # Per-token losses are computed on (batch * seq, vocab) rows.
-        self._token_rows_loss = (
-            isinstance(loss, _PER_TOKEN_LOSSES) and loss._fn_kwargs.get("axis", -1) == -1
-        )
         self.sampler = sampler
         # A new sampler (or new compile flags) needs a new generate function.
         self.generate_function = None
@@ -184,7 +184,7 @@ class CausalLM(Task):
         vocabulary axis: on GPT-2 base, batch 4 x 256, that saves two copies
         of the logits and a strided log-softmax (~0.4 s per training step).
         """
-        if getattr(self, "_token_rows_loss", False) and _token_batch(y, y_pred, sample_weight):
+        if _is_per_token_loss(self.loss) and _token_batch(y, y_pred, sample_weight):
             y_pred = ops.reshape(y_pred, (-1, ops.shape(y_pred)[-1]))
             y = ops.reshape(y, (-1,))
             if sample_weight is not None:

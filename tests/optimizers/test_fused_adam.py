@@ -111,7 +111,7 @@ def test_causal_lm_compile_uses_fused_adam_and_trains_like_keras():
                                 intermediate_dim=16, max_sequence_length=8, dropout=0.0)
         lm = GPT2CausalLM(backbone)
         if not fused:
-            # Keras' own compile: no fused update, no per-token rows.
+            # Keras' own compile: no fused update.
             keras.Model.compile(lm, optimizer=keras.optimizers.AdamW(1e-2, weight_decay=0.1),
                                 loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         else:
