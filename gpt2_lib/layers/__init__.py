@@ -8,6 +8,7 @@ from gpt2_lib.layers.cached_multi_head_attention import CachedMultiHeadAttention
 from gpt2_lib.layers.position_embedding import PositionEmbedding
 from gpt2_lib.layers.position_embedding import position_ids_from_padding_mask
 from gpt2_lib.layers.transformer_decoder import TransformerDecoder
+from gpt2_lib.layers.weight_table import WeightTableEntry
 
 __all__ = [
     "CachedMultiHeadAttention",
@@ -15,6 +16,7 @@ __all__ = [
     "PositionEmbedding",
     "ReversibleEmbedding",
     "TransformerDecoder",
+    "WeightTableEntry",
     "causal_attention_mask",
     "position_ids_from_padding_mask",
 ]

@@ -151,6 +151,35 @@ class TransformerDecoder(keras.layers.Layer):
             return hidden_states
         return hidden_states, cache
 
+    # === Weight table ===
+
+    def named_sublayers(self):
+        """The block's weight table: `{stable name: sublayer}`.
+
+        The names are the sublayers' paths inside the block (the middle of
+        `variable.path`, e.g. `transformer_layer_0/self_attention/query/kernel`)
+        and are the only way code outside this class reaches a block's
+        weights: preset formats, the backend fast paths, LoRA targets,
+        quantization and layout maps all start from this table.
+
+        Returns:
+            A dict, in computation order: `self_attention_layer_norm`,
+            `self_attention/query`, `.../key`, `.../value`,
+            `.../attention_output`, `feedforward_layer_norm`,
+            `feedforward_intermediate_dense`, `feedforward_output_dense`.
+        """
+        attention = self._self_attention_layer
+        return {
+            "self_attention_layer_norm": self._self_attention_layer_norm,
+            "self_attention/query": attention.query_dense,
+            "self_attention/key": attention.key_dense,
+            "self_attention/value": attention.value_dense,
+            "self_attention/attention_output": attention.output_dense,
+            "feedforward_layer_norm": self._feedforward_layer_norm,
+            "feedforward_intermediate_dense": self._feedforward_intermediate_dense,
+            "feedforward_output_dense": self._feedforward_output_dense,
+        }
+
     def compute_output_spec(self, hidden_states, attention_mask, cache=None, **kwargs):
         # Same shapes as the attention layer: hidden states, and the cache if given.
         return CachedMultiHeadAttention.compute_output_spec(

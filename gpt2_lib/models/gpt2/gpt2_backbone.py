@@ -9,6 +9,7 @@ from gpt2_lib.layers.attention_mask import causal_attention_mask
 from gpt2_lib.layers.position_embedding import PositionEmbedding
 from gpt2_lib.layers.position_embedding import position_ids_from_padding_mask
 from gpt2_lib.layers.transformer_decoder import TransformerDecoder
+from gpt2_lib.layers.weight_table import WeightTableEntry
 from gpt2_lib.models.backbone import Backbone
 from gpt2_lib.models.gpt2.gpt2_torch_forward import supports_torch_forward
 from gpt2_lib.models.gpt2.gpt2_torch_forward import torch_forward
@@ -279,6 +280,41 @@ class GPT2Backbone(Backbone):
             # Same result as the graph below, without per-layer overhead.
             return torch_forward(self, **inputs)
         return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    # === Weight table ===
+
+    def weight_table(self):
+        """Every layer with weights, under stable names, in computation order.
+
+        This is the one place that says where GPT-2's weights live. Preset
+        formats (KerasHub's h5 paths, Transformers' names), the backend fast
+        paths, LoRA targets, quantization and layout maps all derive from it.
+
+        Returns:
+            A list of `gpt2_lib.layers.WeightTableEntry(path, role, block,
+            layer)`: the token and position embeddings, each block's
+            sublayers (`TransformerDecoder.named_sublayers`), the final
+            LayerNorm.
+
+        Example:
+        >>> backbone = gpt2_lib.models.GPT2Backbone(
+        ...     vocabulary_size=10, num_layers=1, num_heads=2, hidden_dim=4,
+        ...     intermediate_dim=8, max_sequence_length=6,
+        ... )
+        >>> [entry.path for entry in backbone.weight_table()][:3]
+        ['token_embedding', 'position_embedding', 'transformer_layer_0/self_attention_layer_norm']
+        """
+        table = [
+            WeightTableEntry("token_embedding", "token_embedding", None, self.token_embedding),
+            WeightTableEntry(
+                "position_embedding", "position_embedding", None, self.position_embedding
+            ),
+        ]
+        for index, block in enumerate(self.transformer_layers):
+            for role, layer in block.named_sublayers().items():
+                table.append(WeightTableEntry(f"{block.name}/{role}", role, index, layer))
+        table.append(WeightTableEntry("layer_norm", "layer_norm", None, self.layer_norm))
+        return table
 
     # === Cached forward pass, for generation ===
 
