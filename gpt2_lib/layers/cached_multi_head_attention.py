@@ -5,7 +5,7 @@ import math
 import keras
 from keras import ops
 
-from gpt2_lib.layers.attention_kernel import dot_product_attention
+from gpt2_lib.backends.attention import dot_product_attention
 from gpt2_lib.layers.initializers import clone_initializer
 
 
@@ -19,7 +19,7 @@ class CachedMultiHeadAttention(keras.layers.Layer):
     causal whatever the mask says (query `t` never sees key `s > t`; the mask
     removes padding on top); with a cache, the mask alone decides (see
     `causal_attention_mask(query_start=...)`). In float32 the attention goes
-    through `gpt2_lib.layers.attention_kernel.dot_product_attention` (each
+    through `gpt2_lib.backends.attention.dot_product_attention` (each
     backend's fastest form); in lower precision, or with attention dropout,
     the logits and softmax are computed in float32 and the probabilities cast
     back.

@@ -3,8 +3,9 @@
 import keras
 from keras import ops
 
+from gpt2_lib.backends.gradient_barrier import gradient_barrier
+from gpt2_lib.backends.rows import dense_on_rows
 from gpt2_lib.layers.cached_multi_head_attention import CachedMultiHeadAttention
-from gpt2_lib.layers.gradient_barrier import gradient_barrier
 from gpt2_lib.layers.initializers import clone_initializer
 
 
@@ -122,10 +123,8 @@ class TransformerDecoder(keras.layers.Layer):
         cache_update_index=None,
         training=None,
     ):
-        # The residual gradient is computed once per sub-block, not re-fused
-        # into every later consumer (JAX/XLA; identity elsewhere).
-        hidden_states = gradient_barrier(hidden_states)
-        # Attention sub-block: (batch, seq, hidden) -> (batch, seq, hidden).
+        # Each sub-block's input is a gradient boundary (JAX; identity elsewhere).
+        hidden_states = gradient_barrier(hidden_states)  # (batch, seq, hidden)
         attended = self._self_attention_layer(
             self._self_attention_layer_norm(hidden_states),
             attention_mask,
@@ -138,14 +137,11 @@ class TransformerDecoder(keras.layers.Layer):
         hidden_states = gradient_barrier(
             hidden_states + self._self_attention_dropout(attended, training=training)
         )
-        # MLP sub-block: hidden -> intermediate -> hidden.
-        # As (batch * seq, hidden) rows: XLA's CPU backward of a 3D x 2D
-        # matmul runs ~1.4x slower than the same 2D matmul (benchmarks/NOTES.md).
-        normed = self._feedforward_layer_norm(hidden_states)
-        rows = ops.reshape(normed, (-1, ops.shape(normed)[-1]))
-        mlp = self._feedforward_intermediate_dense(rows)
-        mlp = self._feedforward_output_dense(ops.gelu(mlp, approximate=True))
-        mlp = ops.reshape(mlp, ops.shape(hidden_states))
+        # MLP: hidden -> intermediate -> hidden.
+        mlp = dense_on_rows(
+            self._feedforward_intermediate_dense, self._feedforward_layer_norm(hidden_states)
+        )  # (batch, seq, intermediate)
+        mlp = dense_on_rows(self._feedforward_output_dense, ops.gelu(mlp, approximate=True))
         hidden_states = hidden_states + self._feedforward_dropout(mlp, training=training)
         if cache is None:
             return hidden_states

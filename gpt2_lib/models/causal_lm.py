@@ -7,9 +7,10 @@ import numpy as np
 from keras import ops
 from keras import tree
 
+from gpt2_lib import optimizers
 from gpt2_lib import samplers as samplers_lib
-from gpt2_lib.optimizers import use_fused_adam
 from gpt2_lib.models.task import Task
+from gpt2_lib.utils.validation import check_ids
 from gpt2_lib.models.task import _is_string_data
 from gpt2_lib.models.task import _is_tf_dataset
 
@@ -135,7 +136,8 @@ class CausalLM(Task):
         if kwargs.get("jit_compile", "auto") == "auto" and _tensorflow_cpu_only():
             kwargs["jit_compile"] = False
         if optimizer == "auto":
-            optimizer = keras.optimizers.AdamW(
+            # Keras' AdamW, updated in one fused kernel on torch and TensorFlow.
+            optimizer = optimizers.AdamW(
                 learning_rate=5e-5, weight_decay=0.01, global_clipnorm=1.0
             )
             optimizer.exclude_from_weight_decay(
@@ -148,17 +150,32 @@ class CausalLM(Task):
         super().compile(
             optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs
         )
-        # torch and TensorFlow: Keras' Adam(W) update in one fused kernel (same math).
-        use_fused_adam(self.optimizer)
         self.sampler = sampler
         # A new sampler (or new compile flags) needs a new generate function.
         self.generate_function = None
+
+    def get_compile_config(self):
+        """Keras' compile config plus the sampler (saved in `.keras` files)."""
+        config = super().get_compile_config() or {}
+        if self.sampler is not None:
+            config["sampler"] = samplers_lib.serialize(self.sampler)
+        return config
+
+    def compile_from_config(self, config):
+        """Compile as the saved model was (`keras.saving.load_model`)."""
+        config = dict(config)
+        sampler = config.pop("sampler", None)
+        super().compile_from_config(config)
+        if sampler is not None:
+            self.sampler = samplers_lib.get(sampler)
 
     # Training data ------------------------------------------------------------
 
     def _prepare_data(self, x, y=None, sample_weight=None, batch_size=None, shuffle=False, labels=True):
         # Token ids without labels: predict each next token, masking padding.
         # (`predict` takes the token ids as they are: logits for every position.)
+        if isinstance(x, dict) and "token_ids" in x:
+            check_ids(x["token_ids"], "token_ids", self.backbone.vocabulary_size)
         if labels and isinstance(x, dict) and "token_ids" in x and y is None and sample_weight is None:
             token_ids = _to_numpy(x["token_ids"])
             padding_mask = _to_numpy(
@@ -192,6 +209,10 @@ class CausalLM(Task):
         return super().compute_loss(x, y, y_pred, sample_weight, training=training)
 
     # Generation ---------------------------------------------------------------
+
+    def generation_blocks(self):
+        """A backend fast path for one generation's cached forward passes, or None."""
+        return None
 
     def generate_step(self, inputs, stop_token_ids=None):
         """Generate for one batch of `{"token_ids", "padding_mask"}` (compilable).
@@ -309,8 +330,7 @@ class CausalLM(Task):
                 "'token_ids' and 'padding_mask' must have the same shape, (batch, "
                 f"length) or (length,). Received {token_ids.shape} and {padding_mask.shape}."
             )
-        if not np.issubdtype(token_ids.dtype, np.integer):
-            raise ValueError(f"'token_ids' must be integers. Received dtype {token_ids.dtype}.")
+        check_ids(token_ids, "token_ids", self.backbone.vocabulary_size)
         if token_ids.shape[0] == 0:
             raise ValueError("`generate()` got an empty batch of prompts.")
         padding_mask = padding_mask.astype(bool)
@@ -431,13 +451,16 @@ class CausalLM(Task):
         end = int(batch["padding_mask"][0].sum())
         real = np.ones_like(token_ids, dtype=bool)  # new tokens are real tokens
         cache = self.backbone.build_cache(1, length)
+        blocks = self.generation_blocks()
         if end > 1:
-            _, _, cache = self.call_with_cache(token_ids[:, : end - 1], real, cache, 0)
+            _, _, cache = self.call_with_cache(
+                token_ids[:, : end - 1], real, cache, 0, blocks=blocks
+            )
         tokenizer = self.preprocessor.tokenizer
         new_ids, shown = [], ""
         for index in range(end, length):
             logits, _, cache = self.call_with_cache(
-                token_ids[:, index - 1 : index], real, cache, index - 1
+                token_ids[:, index - 1 : index], real, cache, index - 1, blocks=blocks
             )
             probabilities = self.sampler.compute_probabilities(logits[:, 0, :])
             next_token = int(_to_numpy(self.sampler.get_next_token(probabilities))[0])

@@ -5,6 +5,7 @@ import math
 import keras
 import numpy as np
 
+from gpt2_lib.backends import tf_data
 from gpt2_lib.utils.classproperty import classproperty
 
 
@@ -32,6 +33,22 @@ def _decode(batch):
     if isinstance(batch, bytes):
         return batch.decode("utf-8")
     return batch
+
+
+def _is_empty(x):
+    if isinstance(x, dict):
+        return any(_is_empty(value) for value in x.values())
+    if isinstance(x, (list, tuple, np.ndarray)):
+        return len(x) == 0
+    return False
+
+
+def _check_not_empty(x):
+    if _is_empty(x):
+        raise ValueError(
+            f"The data is empty ({type(x).__name__} of length 0): pass at least one "
+            "sample (a string, or token ids of shape (batch, sequence))."
+        )
 
 
 class _PreprocessedArrays(keras.utils.PyDataset):
@@ -99,43 +116,6 @@ class _PreprocessedIterable(keras.utils.PyDataset):
     def on_epoch_end(self):
         self._iterator = None
         self._next_index = 0
-
-
-def _is_arrays(data):
-    if isinstance(data, dict):
-        return bool(data) and all(isinstance(v, np.ndarray) for v in data.values())
-    return isinstance(data, np.ndarray)
-
-
-def _tensorflow_array_dataset(x, y, sample_weight, batch_size, shuffle, fit_kwargs):
-    """NumPy data as a `tf.data.Dataset` without autotuning, or None.
-
-    On TensorFlow, `fit()`, `evaluate()` and `predict()` on arrays go through
-    a tf.data pipeline whose autotuning thread can hold up the end of the
-    call for seconds (up to ~12 s for a training run) while the iterator is
-    deleted (see `benchmarks/NOTES.md`). The same batches, in a pipeline with
-    autotuning off, end at once. Other backends, other data and
-    `validation_split`/`steps_per_epoch`/`steps` keep Keras' own handling.
-    """
-    if keras.config.backend() != "tensorflow" or not _is_arrays(x):
-        return None
-    if any(v is not None and not isinstance(v, np.ndarray) for v in (y, sample_weight)):
-        return None
-    if any(fit_kwargs.get(name) for name in ("validation_split", "steps_per_epoch", "steps")):
-        return None
-    if sample_weight is not None and y is None:
-        return None
-    import tensorflow as tf
-
-    parts = (x,) + tuple(v for v in (y, sample_weight) if v is not None)
-    dataset = tf.data.Dataset.from_tensor_slices(parts if len(parts) > 1 else x)
-    if shuffle:
-        first = next(iter(x.values())) if isinstance(x, dict) else x
-        dataset = dataset.shuffle(len(first), reshuffle_each_iteration=True)
-    dataset = dataset.batch(batch_size or 32).prefetch(1)
-    options = tf.data.Options()
-    options.autotune.enabled = False
-    return dataset.with_options(options)
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -308,6 +288,18 @@ class Task(keras.Model):
         tokenizer = getattr(self.preprocessor, "tokenizer", None)
         export_to_transformers(self.backbone, path, tokenizer=tokenizer)
 
+    # `.keras` files ----------------------------------------------------------
+
+    def save_assets(self, dir_path):
+        """Write the preprocessor's tokenizer files (called by `model.save()`)."""
+        if self.preprocessor is not None:
+            self.preprocessor.save_assets(dir_path)
+
+    def load_assets(self, dir_path):
+        """Read the tokenizer files back (called by `keras.saving.load_model()`)."""
+        if self.preprocessor is not None:
+            self.preprocessor.load_assets(dir_path)
+
     # Data -------------------------------------------------------------------
 
     def preprocess_samples(self, x, y=None, sample_weight=None):
@@ -339,6 +331,7 @@ class Task(keras.Model):
 
     def fit(self, x=None, y=None, batch_size=None, sample_weight=None, shuffle=True, validation_data=None, **kwargs):
         """`keras.Model.fit`, preprocessing raw strings if a preprocessor is attached."""
+        _check_not_empty(x)
         x, y, sample_weight, batch_size = self._prepare_data(
             x, y, sample_weight, batch_size, shuffle
         )
@@ -349,7 +342,7 @@ class Task(keras.Model):
             validation_data = val[0] if isinstance(val[0], keras.utils.PyDataset) else tuple(
                 v for v in val[:3] if v is not None
             )
-        dataset = _tensorflow_array_dataset(x, y, sample_weight, batch_size, shuffle, kwargs)
+        dataset = tf_data.array_dataset(x, y, sample_weight, batch_size, shuffle, kwargs)
         if dataset is not None:
             # The dataset shuffles itself (Keras would warn that `shuffle` is ignored).
             x, y, sample_weight, batch_size, shuffle = dataset, None, None, None, False
@@ -365,16 +358,18 @@ class Task(keras.Model):
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         """`keras.Model.evaluate`, preprocessing raw strings if a preprocessor is attached."""
+        _check_not_empty(x)
         x, y, sample_weight, batch_size = self._prepare_data(x, y, sample_weight, batch_size)
-        dataset = _tensorflow_array_dataset(x, y, sample_weight, batch_size, False, kwargs)
+        dataset = tf_data.array_dataset(x, y, sample_weight, batch_size, False, kwargs)
         if dataset is not None:
             x, y, sample_weight, batch_size = dataset, None, None, None
         return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
         """`keras.Model.predict`, preprocessing raw strings if a preprocessor is attached."""
+        _check_not_empty(x)
         x, _, _, batch_size = self._prepare_data(x, batch_size=batch_size, labels=False)
-        dataset = _tensorflow_array_dataset(x, None, None, batch_size, False, kwargs)
+        dataset = tf_data.array_dataset(x, None, None, batch_size, False, kwargs)
         if dataset is not None:
             x, batch_size = dataset, None
         return super().predict(x, batch_size=batch_size, **kwargs)

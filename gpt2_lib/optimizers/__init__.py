@@ -1,3 +1,7 @@
-"""Optimizer helpers (backend-specific update kernels for Keras optimizers)."""
+"""Keras optimizers whose updates run in each backend's fused kernels."""
 
-from gpt2_lib.optimizers.fused_adam import use_fused_adam
+from gpt2_lib.optimizers.adam import Adam
+from gpt2_lib.optimizers.adam import AdamW
+from gpt2_lib.optimizers.adam import use_fused_adam
+
+__all__ = ["Adam", "AdamW", "use_fused_adam"]

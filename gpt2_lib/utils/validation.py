@@ -9,6 +9,8 @@ import math
 
 import numpy as np
 
+from gpt2_lib.utils.tensors import concrete_numpy
+
 
 def is_integer(value):
     """True for Python and NumPy integers (bools are not integers here)."""
@@ -83,3 +85,38 @@ def check_number(name, value, low=None, high=None, low_inclusive=True, high_incl
             expected = "a finite number"
         raise ValueError(f"`{name}` must be {expected}. Received: {name}={value!r}")
     return value
+
+
+def check_ids(ids, name, limit):
+    """Raise a ValueError if concrete `ids` are not integers in `[0, limit)`.
+
+    Out-of-range ids are not an error on every backend (JAX gathers
+    NaN or clamps, TensorFlow returns garbage on CPU), so every entry
+    point checks them here, on NumPy and eager backend tensors alike.
+    Symbolic and traced values (inside a compiled function) are checked
+    where they enter: `fit()`, `generate()`, `score()` check their data
+    before compiling.
+
+    Args:
+        ids: ids of any shape (NumPy, list or backend tensor), or None.
+        name: the argument's name, for the message.
+        limit: the exclusive upper bound (the vocabulary size, or the
+            number of positions).
+    """
+    values = concrete_numpy(ids)
+    if values is None or values.size == 0:
+        return
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"'{name}' must be integers. Received dtype {values.dtype}.")
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= limit:
+        bad = low if low < 0 else high
+        if name == "position_ids":
+            raise ValueError(
+                f"Position id {bad} in 'position_ids' is outside [0, {limit - 1}]: "
+                f"this model has {limit} positions (max_sequence_length)."
+            )
+        raise ValueError(
+            f"Token id {bad} in '{name}' is out of range for vocabulary_size={limit}; "
+            f"ids must be in [0, {limit - 1}]. Use ids from the model's own tokenizer."
+        )

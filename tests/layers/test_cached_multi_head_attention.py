@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gpt2_lib.layers import CachedMultiHeadAttention
-from gpt2_lib.layers import attention_kernel
+from gpt2_lib.backends import attention as attention_kernel
 from gpt2_lib.layers import causal_attention_mask
 
 HEADS, HEAD_DIM, HIDDEN = 2, 4, 8

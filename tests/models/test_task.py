@@ -55,7 +55,6 @@ def test_task_from_preset_on_the_base_class_is_an_error():
 def _tiny_lm():
     from gpt2_lib.models import GPT2Backbone
     from gpt2_lib.models import GPT2CausalLM
-
     keras.utils.set_random_seed(0)
     backbone = GPT2Backbone(vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=8,
                             intermediate_dim=16, max_sequence_length=16, dropout=0.0)
@@ -66,13 +65,13 @@ def _tiny_lm():
 
 @pytest.fixture
 def made(monkeypatch):
-    """Every `_tensorflow_array_dataset` result, in call order."""
-    from gpt2_lib.models import task as task_module
+    """Every `tf_data.array_dataset` result, in call order."""
+    from gpt2_lib.backends import tf_data
 
     results = []
-    original = task_module._tensorflow_array_dataset
+    original = tf_data.array_dataset
     monkeypatch.setattr(
-        task_module, "_tensorflow_array_dataset", lambda *a: results.append(original(*a)) or results[-1]
+        tf_data, "array_dataset", lambda *a: results.append(original(*a)) or results[-1]
     )
     return results
 
@@ -120,3 +119,46 @@ def test_evaluate_and_predict_on_arrays_match_keras(made):
 
 def test_task_is_registered_for_keras_saving():
     assert keras.saving.get_registered_object("gpt2_lib>Task") is Task
+
+
+def test_keras_file_keeps_the_tokenizer_and_sampler(tmp_path):
+    from gpt2_lib.models import GPT2CausalLM
+    """`.keras` files (Keras' own format) hold the tokenizer assets and the sampler."""
+    lm = GPT2CausalLM.from_preset("gpt2_tiny_shakespeare_en")
+    lm.compile(sampler="greedy")
+    path = str(tmp_path / "model.keras")
+    lm.save(path)
+    restored = keras.saving.load_model(path)
+    assert type(restored.sampler).__name__ == "GreedySampler"
+    assert restored.preprocessor.tokenizer.vocabulary_size() == lm.preprocessor.tokenizer.vocabulary_size()
+    assert restored.generate("ROMEO:", max_length=24) == lm.generate("ROMEO:", max_length=24)
+
+
+def test_empty_data_is_a_clear_error():
+    from gpt2_lib.models import GPT2CausalLM
+
+    lm = GPT2CausalLM.from_preset("gpt2_tiny_shakespeare_en")
+    for data in ([], np.zeros((0, 8), "int32"), {"token_ids": np.zeros((0, 8), "int32")}):
+        with pytest.raises(ValueError, match="data is empty"):
+            lm.fit(data)
+
+
+def test_out_of_range_ids_are_refused_at_every_entry_point():
+    """Backend tensors too: JAX would gather NaN, TensorFlow garbage."""
+    from gpt2_lib.models import GPT2CausalLM
+
+    lm = GPT2CausalLM.from_preset("gpt2_tiny_shakespeare_en")
+    size = lm.backbone.vocabulary_size
+    ids = np.array([[1, 2, size]], "int32")
+    tensor = keras.ops.convert_to_tensor(ids)
+    mask = np.ones((1, 3), bool)
+    with pytest.raises(ValueError, match=f"Token id {size}"):
+        lm.backbone({"token_ids": tensor, "padding_mask": mask})
+    with pytest.raises(ValueError, match=f"Token id {size}"):
+        lm.score(tensor, mask)
+    with pytest.raises(ValueError, match=f"Token id {size}"):
+        lm.generate({"token_ids": tensor, "padding_mask": mask}, max_length=6)
+    with pytest.raises(ValueError, match=f"Token id {size}"):
+        lm.fit({"token_ids": ids, "padding_mask": mask})
+    with pytest.raises(ValueError, match="max_sequence_length"):
+        lm.score(np.ones((1, lm.backbone.max_sequence_length + 1), "int32"))

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from gpt2_lib.backends import torch_gpt2
 from gpt2_lib.layers.attention_mask import CausalAttentionMask
 from gpt2_lib.layers.attention_mask import causal_attention_mask
 from gpt2_lib.layers.position_embedding import PositionEmbedding
@@ -11,8 +12,11 @@ from gpt2_lib.layers.position_embedding import position_ids_from_padding_mask
 from gpt2_lib.layers.transformer_decoder import TransformerDecoder
 from gpt2_lib.layers.weight_table import WeightTableEntry
 from gpt2_lib.models.backbone import Backbone
-from gpt2_lib.models.gpt2.gpt2_torch_forward import supports_torch_forward
-from gpt2_lib.models.gpt2.gpt2_torch_forward import torch_forward
+from gpt2_lib.models.backbone import get_dtype_policy
+from gpt2_lib.preset_io.fast_init import is_skipping
+from gpt2_lib.utils.validation import check_ids
+from gpt2_lib.utils.validation import check_number
+from gpt2_lib.utils.validation import check_positive_int
 
 INPUT_KEYS = ("token_ids", "padding_mask")
 OPTIONAL_INPUT_KEYS = ("position_ids",)
@@ -21,17 +25,9 @@ OPTIONAL_INPUT_KEYS = ("position_ids",)
 def _gpt2_initializer():
     # Inside `preset_io.skip_weight_init()` (a preset load that overwrites
     # every weight) skip the random draw.
-    from gpt2_lib.preset_io.fast_init import is_skipping
-
     if is_skipping():
         return keras.initializers.Zeros()
     return keras.initializers.RandomNormal(stddev=0.02)
-
-
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 def _static_shape(value):
@@ -103,26 +99,20 @@ class GPT2Backbone(Backbone):
         dtype=None,
         **kwargs,
     ):
-        vocabulary_size = _check_positive_int("vocabulary_size", vocabulary_size)
-        num_layers = _check_positive_int("num_layers", num_layers)
-        num_heads = _check_positive_int("num_heads", num_heads)
-        hidden_dim = _check_positive_int("hidden_dim", hidden_dim)
-        intermediate_dim = _check_positive_int("intermediate_dim", intermediate_dim)
-        max_sequence_length = _check_positive_int("max_sequence_length", max_sequence_length)
+        vocabulary_size = check_positive_int("vocabulary_size", vocabulary_size)
+        num_layers = check_positive_int("num_layers", num_layers)
+        num_heads = check_positive_int("num_heads", num_heads)
+        hidden_dim = check_positive_int("hidden_dim", hidden_dim)
+        intermediate_dim = check_positive_int("intermediate_dim", intermediate_dim)
+        max_sequence_length = check_positive_int("max_sequence_length", max_sequence_length)
         if hidden_dim % num_heads:
             raise ValueError(
                 f"`hidden_dim` must be divisible by `num_heads`. Received: "
                 f"hidden_dim={hidden_dim}, num_heads={num_heads} "
                 f"(remainder {hidden_dim % num_heads})."
             )
-        if not 0.0 <= float(dropout) < 1.0:
-            raise ValueError(f"`dropout` must be in [0, 1). Received: dropout={dropout!r}")
-        if not float(layer_norm_epsilon) > 0:
-            raise ValueError(
-                f"`layer_norm_epsilon` must be positive. Received: {layer_norm_epsilon!r}"
-            )
-        from gpt2_lib.models.backbone import get_dtype_policy
-
+        dropout = check_number("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)
+        layer_norm_epsilon = check_number("layer_norm_epsilon", layer_norm_epsilon, low=0.0, low_inclusive=False)
         policy = get_dtype_policy(dtype)
 
         # === Layers ===
@@ -242,33 +232,8 @@ class GPT2Backbone(Backbone):
                 "Truncate the input (e.g. a preprocessor with a smaller "
                 "`sequence_length`)."
             )
-        token_ids = inputs["token_ids"]
-        if isinstance(token_ids, (np.ndarray, list)):
-            token_ids = np.asarray(token_ids)
-            if not np.issubdtype(token_ids.dtype, np.integer):
-                raise ValueError(
-                    f"'token_ids' must be integers. Received dtype {token_ids.dtype}."
-                )
-            if token_ids.size and (
-                token_ids.min() < 0 or token_ids.max() >= self.vocabulary_size
-            ):
-                bad = token_ids[(token_ids < 0) | (token_ids >= self.vocabulary_size)]
-                raise ValueError(
-                    f"Token id {int(bad.flat[0])} is out of range for "
-                    f"vocabulary_size={self.vocabulary_size}; ids must be in "
-                    f"[0, {self.vocabulary_size - 1}]."
-                )
-        position_ids = inputs.get("position_ids")
-        if isinstance(position_ids, (np.ndarray, list)):
-            position_ids = np.asarray(position_ids)
-            if position_ids.size and (
-                position_ids.min() < 0 or position_ids.max() >= self.max_sequence_length
-            ):
-                raise ValueError(
-                    "'position_ids' must be in [0, max_sequence_length - 1] = "
-                    f"[0, {self.max_sequence_length - 1}]. Received values from "
-                    f"{position_ids.min()} to {position_ids.max()}."
-                )
+        check_ids(inputs["token_ids"], "token_ids", self.vocabulary_size)
+        check_ids(inputs.get("position_ids"), "position_ids", self.max_sequence_length)
         return {**inputs, "position_ids": inputs.get("position_ids")}
 
     def __call__(self, inputs, *args, **kwargs):
@@ -276,9 +241,12 @@ class GPT2Backbone(Backbone):
 
     def call(self, inputs, training=None, mask=None, **kwargs):
         inputs = self._standardize_inputs(inputs)
-        if supports_torch_forward(self, inputs, training):
-            # Same result as the graph below, without per-layer overhead.
-            return torch_forward(self, **inputs)
+        if torch_gpt2.supports(self, inputs["token_ids"], training):
+            # The same computation as the graph below, without per-layer overhead.
+            hidden_states, attention_mask = self.embed(
+                inputs["token_ids"], inputs["padding_mask"], inputs["position_ids"]
+            )
+            return torch_gpt2.TorchBlocks(self)(hidden_states, attention_mask)
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     # === Weight table ===
@@ -324,6 +292,35 @@ class GPT2Backbone(Backbone):
         shape = [batch_size, self.num_layers, 2, max_length, self.num_heads, head_dim]
         return ops.zeros(shape, dtype=self.compute_dtype)
 
+    def embed(self, token_ids, padding_mask, position_ids=None, query_start=0):
+        """Input embeddings and attention mask of `token_ids`.
+
+        Args:
+            token_ids: `(batch, seq)` ids, at positions `[query_start, +seq)`
+                of `padding_mask`.
+            padding_mask: `(batch, key_length)` mask of real tokens (the
+                whole cache length when decoding).
+            position_ids: `(batch, seq)` positions; by default counted over
+                `padding_mask` (so left padding does not shift them).
+            query_start: int or scalar tensor, where `token_ids` start.
+
+        Returns:
+            `(hidden_states, attention_mask)`: `(batch, seq, hidden)` token +
+            position embeddings (before dropout) and the boolean
+            `(batch, 1, seq, key_length)` causal mask.
+        """
+        batch, seq = ops.shape(token_ids)[0], ops.shape(token_ids)[1]
+        if position_ids is None:
+            position_ids = position_ids_from_padding_mask(padding_mask)
+            position_ids = ops.slice(position_ids, [0, query_start], [batch, seq])
+        hidden_states = self.token_embedding(token_ids) + self.position_embedding(
+            padding_mask, position_ids
+        )
+        attention_mask = causal_attention_mask(
+            padding_mask, query_start=query_start, query_length=seq
+        )
+        return hidden_states, attention_mask
+
     def call_with_cache(
         self,
         token_ids,
@@ -332,6 +329,7 @@ class GPT2Backbone(Backbone):
         cache_update_index,
         position_ids=None,
         training=False,
+        blocks=None,
     ):
         """Run `token_ids` at positions `[cache_update_index, +seq)` of the cache.
 
@@ -346,23 +344,20 @@ class GPT2Backbone(Backbone):
             position_ids: `(batch, seq)` positions of `token_ids`; by default
                 counted over `padding_mask`.
             training: bool.
+            blocks: optional callable `(hidden_states, attention_mask, cache,
+                cache_update_index) -> (hidden_states, cache)` computing the
+                blocks and final LayerNorm in place of the Keras layers (the
+                torch fast path, `gpt2_lib.backends.torch_gpt2.TorchBlocks`).
 
         Returns:
             `(hidden_states, cache)`: `(batch, seq, hidden)` after the final
             LayerNorm, and the updated cache.
         """
-        seq = ops.shape(token_ids)[1]
-        if position_ids is None:
-            all_positions = position_ids_from_padding_mask(padding_mask)
-            position_ids = ops.slice(
-                all_positions, [0, cache_update_index], [ops.shape(token_ids)[0], seq]
-            )
-        hidden_states = self.token_embedding(token_ids) + self.position_embedding(
-            padding_mask, position_ids
+        hidden_states, attention_mask = self.embed(
+            token_ids, padding_mask, position_ids, query_start=cache_update_index
         )
-        attention_mask = causal_attention_mask(
-            padding_mask, query_start=cache_update_index, query_length=seq
-        )
+        if blocks is not None:
+            return blocks(hidden_states, attention_mask, cache, cache_update_index)
         caches = []
         for i, block in enumerate(self.transformer_layers):
             hidden_states, layer_cache = block(
@@ -374,6 +369,22 @@ class GPT2Backbone(Backbone):
             )
             caches.append(layer_cache)
         return self.layer_norm(hidden_states), ops.stack(caches, axis=1)
+
+    def call_with_intercept(self, token_ids, padding_mask, layer_intercept_fn):
+        """The forward pass with `layer_intercept_fn(x, i)` after each stage.
+
+        `layer_intercept_fn` sees the embeddings (`i=-1`) and each block's
+        output (`i=0, 1, ...`) and returns a tensor of the same shape that
+        replaces it (for interpretability; see `GPT2CausalLM.score`).
+
+        Returns:
+            `(batch, seq, hidden)` after the final LayerNorm.
+        """
+        hidden_states, attention_mask = self.embed(token_ids, padding_mask)
+        hidden_states = layer_intercept_fn(hidden_states, -1)
+        for i, block in enumerate(self.transformer_layers):
+            hidden_states = layer_intercept_fn(block(hidden_states, attention_mask), i)
+        return self.layer_norm(hidden_states)
 
     # === Distribution ===
 

@@ -3,123 +3,12 @@
 import keras
 from keras import ops
 
-from gpt2_lib.layers.attention_mask import causal_attention_mask
+from gpt2_lib.backends import torch_gpt2
 from gpt2_lib.models.causal_lm import CausalLM
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
 from gpt2_lib.models.gpt2.gpt2_causal_lm_preprocessor import GPT2CausalLMPreprocessor
-from gpt2_lib.models.gpt2.gpt2_torch_forward import has_quantized_layers
 from gpt2_lib.samplers.sampler import any_equal
-
-
-class _TorchDecoder:
-    """One-token cached decoding step in plain torch, for eager generation.
-
-    Keras on torch runs eagerly: each decoding step pays for ~150 layer
-    calls and for copying the whole key/value cache (`slice_update` clones,
-    `stack`), which costs more than the step's matmuls. This computes the
-    same step with torch ops on the backbone's weights (read once per
-    `generate()` call, LoRA included through `kernel`), writing the new
-    keys/values into the cache in place. `GPT2CausalLM.call_with_cache`
-    is the reference it is tested against.
-    """
-
-    def __init__(self, backbone):
-        import torch
-
-        self.torch = torch
-        dtype = keras.backend.standardize_dtype(backbone.compute_dtype)
-        self.dtype = getattr(torch, dtype)
-
-        def value(weight):
-            return ops.convert_to_tensor(weight).detach().to(self.dtype)
-
-        def layer_norm(layer):
-            return (value(layer.gamma).float(), value(layer.beta).float(), layer.epsilon)
-
-        self.hidden_dim = backbone.hidden_dim
-        self.num_heads = backbone.num_heads
-        self.head_dim = backbone.hidden_dim // backbone.num_heads
-        self.scale = 1.0 / self.head_dim**0.5
-        self.token_embedding = value(backbone.token_embedding.embeddings)
-        self.position_embedding = value(backbone.position_embedding.embeddings)
-        self.final_norm = layer_norm(backbone.layer_norm)
-        self.blocks = []
-        for block in backbone.transformer_layers:
-            attention = block._self_attention_layer
-            qkv_kernel = torch.cat(
-                [
-                    value(dense.kernel).reshape(self.hidden_dim, -1)
-                    for dense in (attention.query_dense, attention.key_dense, attention.value_dense)
-                ],
-                dim=1,
-            )
-            qkv_bias = torch.cat(
-                [
-                    value(dense.bias).reshape(-1)
-                    for dense in (attention.query_dense, attention.key_dense, attention.value_dense)
-                ]
-            )
-            self.blocks.append(
-                (
-                    layer_norm(block._self_attention_layer_norm),
-                    qkv_kernel,
-                    qkv_bias,
-                    value(attention.output_dense.kernel).reshape(-1, self.hidden_dim),
-                    value(attention.output_dense.bias),
-                    layer_norm(block._feedforward_layer_norm),
-                    value(block._feedforward_intermediate_dense.kernel),
-                    value(block._feedforward_intermediate_dense.bias),
-                    value(block._feedforward_output_dense.kernel),
-                    value(block._feedforward_output_dense.bias),
-                )
-            )
-
-    @staticmethod
-    def supports(backbone):
-        """Plain float layers only (quantized layers take the Keras path)."""
-        return keras.config.backend() == "torch" and not has_quantized_layers(backbone)
-
-    def _norm(self, x, params):
-        gamma, beta, epsilon = params
-        out = self.torch.nn.functional.layer_norm(x.float(), gamma.shape, gamma, beta, epsilon)
-        return out.to(self.dtype)
-
-    def __call__(self, token_ids, padding_mask, cache, index):
-        """`(logits, hidden, cache)` for `token_ids` `(batch, 1)` at `index`."""
-        torch = self.torch
-        functional = torch.nn.functional
-        index = int(index)
-        batch = token_ids.shape[0]
-        padding_mask = padding_mask.bool()
-        position = (padding_mask.int().cumsum(1) - 1).clamp(min=0)[:, index]
-        x = self.token_embedding[token_ids[:, 0].long()] + self.position_embedding[position.long()]
-        x = x[:, None, :]  # (batch, 1, hidden)
-        visible = padding_mask.clone()
-        visible[:, index + 1 :] = False
-        attention_mask = visible[:, None, None, :]  # (batch, 1, 1, max_length)
-        shape = (batch, 1, self.num_heads, self.head_dim)
-        for i, (norm_1, qkv_kernel, qkv_bias, out_kernel, out_bias, norm_2, w_1, b_1, w_2, b_2) in enumerate(
-            self.blocks
-        ):
-            qkv = torch.addmm(qkv_bias, self._norm(x, norm_1)[:, 0], qkv_kernel)
-            query, key, value = qkv.split(self.hidden_dim, dim=1)
-            cache[:, i, 0, index] = key.reshape(batch, self.num_heads, self.head_dim)
-            cache[:, i, 1, index] = value.reshape(batch, self.num_heads, self.head_dim)
-            # One query: plain matmuls beat the fused kernel's threading.
-            scores = torch.matmul(
-                query.reshape(shape).transpose(1, 2), cache[:, i, 0].permute(0, 2, 3, 1)
-            ).float() * self.scale  # (batch, heads, 1, max_length)
-            scores = scores.masked_fill(~attention_mask, -1e9)
-            probs = torch.softmax(scores, dim=-1).to(self.dtype)
-            attended = torch.matmul(probs, cache[:, i, 1].transpose(1, 2))  # (batch, heads, 1, head_dim)
-            x = x + torch.addmm(out_bias, attended.reshape(batch, -1), out_kernel)[:, None]
-            hidden = functional.gelu(
-                torch.addmm(b_1, self._norm(x, norm_2)[:, 0], w_1), approximate="tanh"
-            )
-            x = x + torch.addmm(b_2, hidden, w_2)[:, None]
-        hidden_states = self._norm(x, self.final_norm)
-        logits = hidden_states @ self.token_embedding.T
-        return logits, hidden_states, cache
+from gpt2_lib.utils.validation import check_ids
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -201,7 +90,7 @@ class GPT2CausalLM(CausalLM):
 
     # === Cached forward pass ===
 
-    def call_with_cache(self, token_ids, padding_mask, cache, cache_update_index):
+    def call_with_cache(self, token_ids, padding_mask, cache, cache_update_index, blocks=None):
         """Logits of `token_ids` at cache positions `[cache_update_index, +seq)`.
 
         Args:
@@ -210,17 +99,29 @@ class GPT2CausalLM(CausalLM):
                 cache (positions are counted over it).
             cache: `(batch, num_layers, 2, max_length, heads, head_dim)`.
             cache_update_index: the cache position of `token_ids[:, 0]`.
+            blocks: optional fast path for the blocks, see
+                `GPT2Backbone.call_with_cache` (`generation_blocks()`).
 
         Returns:
             `(logits, hidden_states, cache)`.
         """
         hidden_states, cache = self.backbone.call_with_cache(
-            token_ids, padding_mask, cache, cache_update_index
+            token_ids, padding_mask, cache, cache_update_index, blocks=blocks
         )
         logits = self.backbone.token_embedding(hidden_states, reverse=True)
         return logits, hidden_states, cache
 
-    def _prefill(self, token_ids, padding_mask, cache, length):
+    def generation_blocks(self):
+        """The blocks' fast path for one generation, or None for the Keras layers.
+
+        On torch (when `gpt2_lib.backends.torch_gpt2.supports` the model) a
+        `TorchBlocks` holding the weights read once for this generation.
+        """
+        if torch_gpt2.supports(self.backbone):
+            return torch_gpt2.TorchBlocks(self.backbone, for_generation=True)
+        return None
+
+    def _prefill(self, token_ids, padding_mask, cache, length, blocks=None):
         """Fill the cache for positions `[0, length)`, a chunk at a time.
 
         Chunks have a static size (so one compiled program serves every
@@ -235,7 +136,9 @@ class GPT2CausalLM(CausalLM):
         def body(i, cache):
             start = ops.minimum(i * chunk, total - chunk)
             tokens = ops.slice(token_ids, [0, start], [batch_size, chunk])
-            _, cache = self.backbone.call_with_cache(tokens, padding_mask, cache, start)
+            _, cache = self.backbone.call_with_cache(
+                tokens, padding_mask, cache, start, blocks=blocks
+            )
             return cache
 
         return ops.fori_loop(0, num_chunks, body, cache)
@@ -269,18 +172,18 @@ class GPT2CausalLM(CausalLM):
         real = ops.logical_or(prompt_mask, new_slots)
         index = ops.min(row_end)
 
+        blocks = self.generation_blocks()
         cache = self.backbone.build_cache(batch_size, max_length)
-        cache = self._prefill(token_ids, real, cache, index - 1)
-        call_with_cache = self.call_with_cache
-        if _TorchDecoder.supports(self.backbone):
-            call_with_cache = _TorchDecoder(self.backbone)
+        cache = self._prefill(token_ids, real, cache, index - 1, blocks)
 
         def next(prompt, cache, index):
             # Feed the token at `index - 1`; get the logits for `index`.
             rows = ops.shape(prompt)[0]
             mask = real if rows == batch_size else ops.repeat(real, rows // batch_size, axis=0)
             tokens = ops.slice(prompt, [0, index - 1], [rows, 1])
-            logits, hidden_states, cache = call_with_cache(tokens, mask, cache, index - 1)
+            logits, hidden_states, cache = self.call_with_cache(
+                tokens, mask, cache, index - 1, blocks=blocks
+            )
             return logits[:, 0, :], hidden_states[:, 0, :], cache
 
         token_ids = self.sampler(
@@ -351,15 +254,22 @@ class GPT2CausalLM(CausalLM):
         if padding_mask is None:
             padding_mask = ops.ones_like(token_ids, dtype="bool")
         padding_mask = ops.cast(ops.convert_to_tensor(padding_mask), "bool")
+        check_ids(token_ids, "token_ids", self.backbone.vocabulary_size)
+        check_ids(target_ids, "target_ids", self.backbone.vocabulary_size)
+        length = ops.shape(token_ids)[1]
+        if length is not None and length > self.backbone.max_sequence_length:
+            raise ValueError(
+                f"`token_ids` has length {length}, longer than this model's "
+                f"max_sequence_length={self.backbone.max_sequence_length}. Score "
+                "shorter windows."
+            )
         if layer_intercept_fn is None:
-            layer_intercept_fn = lambda x, i: x  # noqa: E731
-        backbone = self.backbone
-        x = backbone.token_embedding(token_ids) + backbone.position_embedding(padding_mask)
-        x = layer_intercept_fn(x, -1)
-        attention_mask = causal_attention_mask(padding_mask)
-        for i, block in enumerate(backbone.transformer_layers):
-            x = layer_intercept_fn(block(x, attention_mask), i)
-        logits = backbone.token_embedding(backbone.layer_norm(x), reverse=True)
+            logits = self({"token_ids": token_ids, "padding_mask": padding_mask})
+        else:
+            hidden_states = self.backbone.call_with_intercept(
+                token_ids, padding_mask, layer_intercept_fn
+            )
+            logits = self.backbone.token_embedding(hidden_states, reverse=True)
         if scoring_mode == "logits":
             return logits
         weights = None

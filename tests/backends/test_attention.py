@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from gpt2_lib.layers import attention_kernel
-from gpt2_lib.layers.attention_kernel import dot_product_attention
+from gpt2_lib.backends import attention as attention_kernel
+from gpt2_lib.backends.attention import dot_product_attention
 
 
 def reference_attention(query, key, value, mask, scale, is_causal):

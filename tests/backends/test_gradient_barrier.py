@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 
-from gpt2_lib.layers.gradient_barrier import gradient_barrier
+from gpt2_lib.backends.gradient_barrier import gradient_barrier
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
 
 BACKEND = keras.config.backend()

@@ -1,0 +1,21 @@
+"""The backend seam: every piece of backend-specific speed code, in one place.
+
+The model (`gpt2_lib.layers`, `gpt2_lib.models`) is written once with
+`keras.ops`. Where one backend runs measurably faster another way, the
+faster way lives here, with a `supports(...)` check that says when it
+computes exactly what the `keras.ops` reference computes, one call site in
+the model, and a test comparing it to the reference (outputs and gradients,
+`tests/backends/`). A new mode (quantized kernels, sharding) is handled here
+once, not in every copy of the model.
+
+| module | backends | call site | what it buys |
+|---|---|---|---|
+| `attention` | torch: Keras' SDPA attention with the causal flag when nothing is padded; JAX/TF: blocked causal attention | `CachedMultiHeadAttention` | 1.1-1.15x forward at 512-1024 tokens |
+| `torch_gpt2` | torch: the decoder blocks as `addmm`s on the weight table, cache written in place | `GPT2Backbone.call`, `GPT2CausalLM.generation_blocks` | ~150 layer calls and the cache copies per step removed |
+| `gradient_barrier` | JAX: the residual gradient materialized once per sub-block | `TransformerDecoder.call` | XLA stops re-fusing it into every later block |
+| `rows` | all (helps XLA): the MLP on `(batch * seq, hidden)` rows | `TransformerDecoder.call` | ~1.13x JAX training step |
+| `fused_adam` | torch, TensorFlow: Keras' Adam update in one fused kernel | `gpt2_lib.optimizers.Adam/AdamW.update_step` | ~0.6 s (torch) / ~0.2 s (TF) per GPT-2 base step |
+| `tf_data` | TensorFlow: NumPy data without tf.data autotuning | `Task.fit/evaluate/predict` | no multi-second stall at the end of the call |
+
+Measurements and what was tried: `benchmarks/NOTES.md`.
+"""

@@ -1,0 +1,171 @@
+"""The torch fast path (`TorchBlocks`) equals the Keras blocks it replaces."""
+
+import keras
+import numpy as np
+import pytest
+from keras.src.models.functional import Functional
+
+from gpt2_lib.backends import torch_gpt2
+from gpt2_lib.models import GPT2Backbone
+from gpt2_lib.models import GPT2CausalLM
+
+TORCH = keras.config.backend() == "torch"
+
+
+def _backbone(**kwargs):
+    keras.utils.set_random_seed(0)
+    config = dict(vocabulary_size=100, num_layers=2, num_heads=4, hidden_dim=32,
+                  intermediate_dim=64, max_sequence_length=32, dropout=0.0)
+    config.update(kwargs)
+    backbone = GPT2Backbone(**config)
+    # Non-trivial LayerNorm parameters and biases, so that a swapped or
+    # missing weight shows.
+    rng = np.random.default_rng(7)
+    for variable in backbone.weights:
+        if variable.name in ("gamma", "beta", "bias"):
+            variable.assign(rng.normal(0.5, 0.3, variable.shape).astype(variable.dtype))
+    return backbone
+
+
+def _inputs(position_ids=False):
+    rng = np.random.default_rng(0)
+    mask = np.ones((3, 10), "int32")
+    mask[1, 7:] = 0  # right padding
+    mask[2, :3] = 0  # left padding
+    inputs = {"token_ids": rng.integers(0, 100, (3, 10)).astype("int32"), "padding_mask": mask}
+    if position_ids:
+        inputs["position_ids"] = rng.integers(0, 32, (3, 10)).astype("int32")
+    return inputs
+
+
+def _graph(backbone, inputs, training=False):
+    """The functional graph of Keras layers itself, never the fast path."""
+    return Functional.call(backbone, {"position_ids": None, **inputs}, training=training)
+
+
+@pytest.fixture
+def count_fast(monkeypatch):
+    calls = []
+    original = torch_gpt2.TorchBlocks.__call__
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch_gpt2.TorchBlocks, "__call__", counted)
+    return calls
+
+
+@pytest.mark.parametrize("position_ids", [False, True])
+@pytest.mark.parametrize("lora", [False, True])
+def test_forward_equals_keras_blocks(count_fast, position_ids, lora):
+    backbone = _backbone()
+    if lora:
+        backbone.enable_lora(rank=2)
+        for variable in backbone.trainable_variables:  # LoRA B starts at zero
+            variable.assign(np.random.default_rng(1).normal(0, 0.1, variable.shape))
+    inputs = _inputs(position_ids)
+    out = keras.ops.convert_to_numpy(backbone(inputs))
+    reference = keras.ops.convert_to_numpy(_graph(backbone, inputs))
+    mask = inputs["padding_mask"].astype(bool)
+    np.testing.assert_allclose(out[mask], reference[mask], atol=1e-5, rtol=0)
+    assert len(count_fast) == (1 if TORCH else 0)
+
+
+def test_forward_gradients_equal_keras_blocks():
+    backbone = _backbone()
+    inputs = _inputs()
+    if not TORCH:
+        assert not torch_gpt2.supports(backbone, inputs["token_ids"], training=True)
+        return
+    weights = keras.ops.convert_to_tensor(np.asarray(inputs["padding_mask"], "float32")[..., None])
+
+    def gradients(forward):
+        for variable in backbone.trainable_variables:
+            variable.value.grad = None
+        keras.ops.sum(forward() ** 2 * weights).backward()
+        return [keras.ops.convert_to_numpy(v.value.grad) for v in backbone.trainable_variables]
+
+    fast = gradients(lambda: backbone(inputs, training=True))
+    graph = gradients(lambda: _graph(backbone, inputs, training=True))
+    assert len(fast) == len(backbone.trainable_variables)
+    for a, b in zip(fast, graph):
+        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_keras_path_when_the_fast_path_cannot_match(count_fast):
+    inputs = _inputs()
+    ids = inputs["token_ids"]
+    with_dropout = _backbone(dropout=0.5)
+    assert torch_gpt2.supports(with_dropout, ids, training=False) == TORCH
+    assert not torch_gpt2.supports(with_dropout, ids, training=True)
+    with_dropout(inputs, training=True)
+    assert not torch_gpt2.supports(_backbone(dtype="mixed_bfloat16"), ids)
+    assert torch_gpt2.supports(_backbone(dtype="bfloat16"), ids) == TORCH
+    assert not torch_gpt2.supports(_backbone(), keras.KerasTensor((None, 10), "int32"))
+    quantized = _backbone()
+    quantized.quantize("int8")
+    assert not torch_gpt2.supports(quantized, ids)
+    assert count_fast == []
+
+
+@pytest.mark.parametrize("dtype, atol", [("float32", 1e-5), ("bfloat16", 0.1)])
+def test_cached_steps_equal_keras_cached_steps(dtype, atol):
+    """Prompt chunk then one-token steps: logits and cache as the Keras layers."""
+    backbone = _backbone(dtype=dtype)
+    lm = GPT2CausalLM(backbone)
+    blocks = lm.generation_blocks()
+    if not TORCH:
+        assert blocks is None
+        return
+    assert isinstance(blocks, torch_gpt2.TorchBlocks)
+    inputs = _inputs()
+    length = 16
+    mask = np.zeros((3, length), bool)
+    mask[:, :10] = inputs["padding_mask"].astype(bool)
+    mask[:, 10:] = True  # slots for new tokens
+    ids = np.zeros((3, length), "int32")
+    ids[:, :10] = inputs["token_ids"]
+    ids[:, 10:] = np.arange(6)[None] + 40
+
+    def run(fast):
+        cache = backbone.build_cache(3, length)
+        chunk = fast if fast is None else fast
+        _, _, cache = lm.call_with_cache(ids[:, :8], mask, cache, 0, blocks=chunk)
+        outputs = []
+        for index in range(8, 12):
+            logits, _, cache = lm.call_with_cache(ids[:, index : index + 1], mask, cache, index, blocks=fast)
+            outputs.append(keras.ops.convert_to_numpy(keras.ops.cast(logits, "float32")))
+        return np.stack(outputs), keras.ops.convert_to_numpy(keras.ops.cast(cache, "float32"))
+
+    fast_logits, fast_cache = run(blocks)
+    keras_logits, keras_cache = run(None)
+    np.testing.assert_allclose(fast_logits, keras_logits, atol=atol, rtol=0)
+    np.testing.assert_allclose(fast_cache, keras_cache, atol=atol, rtol=0)
+
+
+def test_cached_step_writes_a_broadcast_cache():
+    """Beam search repeats a one-row cache; the fast path must still write it."""
+    backbone = _backbone()
+    lm = GPT2CausalLM(backbone)
+    if not TORCH:
+        return
+    ids = np.array([[5, 6, 7, 8]], "int32")
+    mask = np.ones((1, 4), bool)
+    cache = keras.ops.broadcast_to(backbone.build_cache(1, 4), (3, 2, 2, 4, 4, 8))
+    logits, _, new_cache = lm.call_with_cache(
+        np.repeat(ids[:, :2], 3, axis=0), np.repeat(mask, 3, axis=0), cache, 0,
+        blocks=lm.generation_blocks(),
+    )
+    reference, _, _ = lm.call_with_cache(ids[:, :2], mask, backbone.build_cache(1, 4), 0)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(logits)[0], keras.ops.convert_to_numpy(reference)[0], atol=1e-5
+    )
+    assert keras.ops.convert_to_numpy(new_cache)[:, :, :, :2].any()
+
+
+def test_empty_batch_and_empty_sequence():
+    backbone = _backbone()
+    for shape in [(0, 5), (2, 0)]:
+        inputs = {"token_ids": np.zeros(shape, "int32"), "padding_mask": np.ones(shape, "int32")}
+        assert tuple(backbone(inputs).shape) == shape + (32,)
