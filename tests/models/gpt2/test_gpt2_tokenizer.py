@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
-from gpt2_lib.tokenizers.byte_pair_tokenizer import _SplitPatterns
+from gpt2_lib.tokenizers.split_pattern import SplitPatterns
 from tests.real_data import gpt2_encoder_files
 from tests.real_data import shakespeare_lines
 from tests.real_data import tiktoken_gpt2_reference
@@ -104,7 +104,7 @@ def test_openai_encoder_agrees_without_special_tokens():
     # module; leave out the characters whose class changed in a Unicode
     # version newer than tiktoken's (we follow tiktoken on those, see
     # test_python_engine_splits_newer_unicode_like_tiktoken).
-    newer = _SplitPatterns.get().diff
+    newer = SplitPatterns.get().diff
     texts = [t for t in adversarial_texts() if EOT not in t and newer.isdisjoint(t)]
     texts += list(shakespeare_lines()[::997])
     assert gpt2_tokenizer("python")(texts) == [openai.encode(t) for t in texts]
