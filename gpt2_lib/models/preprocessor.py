@@ -9,6 +9,8 @@ Python generator, a `keras.utils.PyDataset`, or inside `tf.data` through
 import keras
 import numpy as np
 
+from gpt2_lib.preset_io import load_preprocessor
+from gpt2_lib.preset_io import save_preprocessor
 from gpt2_lib.tokenizers.tokenizer import check_unknown_kwargs
 from gpt2_lib.tokenizers.tokenizer import deserialize_tokenizer
 from gpt2_lib.tokenizers.tokenizer import snake_case
@@ -253,8 +255,6 @@ class Preprocessor:
         x, y, sample_weight = preprocessor(["The quick brown fox."])
         ```
         """
-        from gpt2_lib.preset_io import load_preprocessor
-
         return load_preprocessor(cls, preset, config_file=config_file, **kwargs)
 
     def save_to_preset(self, preset_dir):
@@ -263,8 +263,6 @@ class Preprocessor:
         Args:
             preset_dir: The path to the local model preset directory.
         """
-        from gpt2_lib.preset_io import save_preprocessor
-
         save_preprocessor(self, preset_dir)
 
 

@@ -4,7 +4,7 @@ import keras
 
 from gpt2_lib.models.causal_lm_preprocessor import CausalLMPreprocessor
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
-from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
+from gpt2_lib.tokenizers.gpt2_tokenizer import GPT2Tokenizer
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
-from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
 from gpt2_lib.models.preprocessor import PackingPreprocessor
 from gpt2_lib.models.preprocessor import check_sequence_length
 from gpt2_lib.models.preprocessor import pack_start_end
+from gpt2_lib.tokenizers.gpt2_tokenizer import GPT2Tokenizer
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")

@@ -15,7 +15,7 @@ import pytest
 
 from gpt2_lib.models.causal_lm_preprocessor import CausalLMPreprocessor
 from gpt2_lib.models.gpt2.gpt2_causal_lm_preprocessor import GPT2CausalLMPreprocessor
-from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
+from gpt2_lib.tokenizers import GPT2Tokenizer
 from tests.real_data import gpt2_encoder_files
 from tests.real_data import shakespeare_lines
 from tests.real_data import tiktoken_gpt2_reference
