@@ -48,10 +48,21 @@ class BytePairTokenizer(Tokenizer):
     byte-to-unicode mapping, then merges by rank. Unsplittable tokens (such
     as `"<|endoftext|>"`) are kept whole wherever they appear in the text.
 
-    Two engines compute the ids: `tiktoken` (fast, used when it is installed
-    and proven equivalent for the vocabulary, see
-    `tiktoken_engine.tiktoken_equivalence()`) and a pure-Python engine that
-    follows OpenAI's algorithm (used otherwise). Both give identical ids.
+    Two engines compute the ids, and they give identical ids. The pure-Python
+    engine follows OpenAI's algorithm and is the definition; it runs in
+    O(n log n) per word (a 1 MB word takes seconds, not hours). The fast
+    engine is tiktoken, built in-process from the same files. With
+    `engine="auto"`, the Python engine is used instead of tiktoken when:
+
+    - the `tiktoken` package is not installed;
+    - the vocabulary lacks some of the 256 byte tokens;
+    - an unsplittable token is a prefix of another one (tiktoken's order of
+      matching them is unspecified);
+    - the merge rules fail `tiktoken_engine.tiktoken_equivalence()`: two
+      rules make the same token, a rule uses a token that only a later rule
+      makes, or classic BPE of a merged token's bytes does not give it back
+      (then tiktoken's one-merge-at-a-time order could give other ids).
+
     `engine` and `engine_note` tell which engine is used and why.
 
     Inputs are a string (or UTF-8 bytes), or a batch: a list or tuple of

@@ -5,52 +5,114 @@ against. It follows OpenAI's `encoder.py`: split the text with the GPT-2
 pattern (`gpt2_lib.tokenizers.split_pattern`), write each word's UTF-8 bytes
 in the byte-level alphabet, then apply classic BPE to each word: repeatedly
 take the adjacent pair whose merge rule has the lowest rank and merge *every*
-occurrence of it, left to right, until no adjacent pair has a rule. Results
-are kept in a per-word cache.
+occurrence of it, left to right, until no adjacent pair has a rule.
+
+`bpe_merge()` computes exactly that result in O(n log n) for a word of n
+bytes (OpenAI's loop is O(n^2), which made a 1 MB word a denial of service):
+the positions of each adjacent pair with a rule are kept in one bucket per
+rank, the ranks in a heap, and the word in a linked list. Popping the lowest
+rank gives the pair OpenAI's loop picks; its bucket, sorted, lists every
+occurrence left to right. Merging cannot create another occurrence of the
+same pair (a merged token is longer than either half), so each step merges
+exactly the occurrences that OpenAI's left-to-right scan merges, and pairs
+formed by a merge go to their own rank's bucket for a later step.
 """
+
+import heapq
 
 from gpt2_lib.tokenizers.byte_level import fix_surrogates
 from gpt2_lib.tokenizers.byte_level import to_byte_level
 from gpt2_lib.tokenizers.special_tokens import split_special
 from gpt2_lib.tokenizers.split_pattern import SplitPatterns
+from gpt2_lib.utils.text_inputs import describe
 
-# Word cache size of the engine (cleared when full).
+# Word cache of the engine: at most this many words (cleared when full), and
+# only words up to this many characters (long words would pin memory).
 WORD_CACHE_SIZE = 200_000
+MAX_CACHED_WORD_LENGTH = 256
 
 
-def classic_bpe(word, ranks):
-    """Classic BPE of a byte-level `word` string: OpenAI's algorithm.
+def bpe_merge(word, ranks):
+    """Classic (OpenAI) BPE of a byte-level `word`, in O(n log n).
 
-    Repeatedly merges, everywhere from left to right, the adjacent pair whose
-    merge rule has the lowest rank, until no adjacent pair has a rule.
+    Args:
+        word: a string in the byte-level alphabet (one character per byte).
+        ranks: dict `{(first, second): rank}` of the merge rules.
+
+    Returns:
+        The list of tokens whose concatenation is `word`.
+
+    Example:
+
+    >>> ranks = {("a", "b"): 0, ("ab", "c"): 1, ("b", "c"): 2}
+    >>> bpe_merge("abcabc", ranks)
+    ['abc', 'abc']
+    >>> bpe_merge("aaa", {("a", "a"): 0})
+    ['aa', 'a']
     """
-    parts = list(word)
+    tokens = list(word)
+    n = len(tokens)
+    if n < 2:
+        return tokens
     get = ranks.get
-    while len(parts) > 1:
-        best_rank = None
-        best_index = -1
-        for i in range(len(parts) - 1):
-            rank = get((parts[i], parts[i + 1]))
-            if rank is not None and (best_rank is None or rank < best_rank):
-                best_rank = rank
-                best_index = i
-        if best_index < 0:
-            break
-        first = parts[best_index]
-        second = parts[best_index + 1]
-        merged = first + second
-        new_parts = parts[:best_index]
-        i = best_index
-        n = len(parts)
-        while i < n:
-            if i < n - 1 and parts[i] == first and parts[i + 1] == second:
-                new_parts.append(merged)
-                i += 2
+    # The word as a linked list over the positions of its characters: a
+    # merged token stays at the position of its left half, `None` marks the
+    # positions merged away.
+    following = list(range(1, n + 1))
+    following[-1] = -1
+    preceding = list(range(-1, n - 1))
+    buckets = {}  # rank -> positions of pairs that had this rank when formed
+    for position, rank in enumerate(map(get, zip(tokens, tokens[1:]))):
+        if rank is not None:
+            bucket = buckets.get(rank)
+            if bucket is None:
+                buckets[rank] = [position]
             else:
-                new_parts.append(parts[i])
-                i += 1
-        parts = new_parts
-    return parts
+                bucket.append(position)
+    heap = list(buckets)
+    heapq.heapify(heap)
+
+    def add(rank, position):
+        bucket = buckets.get(rank)
+        if bucket is None:
+            buckets[rank] = [position]
+            heapq.heappush(heap, rank)
+        else:
+            bucket.append(position)
+
+    while heap:
+        rank = heapq.heappop(heap)
+        positions = buckets.pop(rank)
+        positions.sort()
+        first = second = merged = None
+        for p in positions:
+            left = tokens[p]
+            q = following[p]
+            if left is None or q < 0:
+                continue
+            right = tokens[q]
+            # A position is stale if its pair changed since it was recorded.
+            if first is None:
+                if get((left, right)) != rank:
+                    continue
+                first, second, merged = left, right, left + right
+            elif left != first or right != second:
+                continue
+            tokens[p] = merged
+            tokens[q] = None
+            after = following[q]
+            following[p] = after
+            if after >= 0:
+                preceding[after] = p
+                new_rank = get((merged, tokens[after]))
+                if new_rank is not None:
+                    add(new_rank, p)
+            before = preceding[p]
+            if before >= 0:
+                new_rank = get((tokens[before], merged))
+                if new_rank is not None:
+                    add(new_rank, before)
+    return [token for token in tokens if token is not None]
 
 
 class PythonEngine:
@@ -86,13 +148,14 @@ class PythonEngine:
     def _bpe_word(self, word):
         vocabulary = self.vocabulary
         ids = []
-        for token in classic_bpe(to_byte_level(word), self.ranks):
+        for token in bpe_merge(to_byte_level(word), self.ranks):
             id = vocabulary.get(token)
             if id is None:
                 raise ValueError(
-                    f"BPE of the text {word!r} gives the token {token!r}, "
-                    "which is not in the vocabulary. The vocabulary must hold "
-                    "all 256 byte tokens and the result of every merge rule."
+                    f"BPE of the text {describe(word)} gives the token "
+                    f"{describe(token)}, which is not in the vocabulary. The "
+                    "vocabulary must hold all 256 byte tokens and the result "
+                    "of every merge rule."
                 )
             ids.append(id)
         return ids
@@ -105,9 +168,10 @@ class PythonEngine:
             word_ids = cache.get(word)
             if word_ids is None:
                 word_ids = self._bpe_word(word)
-                if len(cache) >= WORD_CACHE_SIZE:
-                    cache.clear()
-                cache[word] = word_ids
+                if len(word) <= MAX_CACHED_WORD_LENGTH:
+                    if len(cache) >= WORD_CACHE_SIZE:
+                        cache.clear()
+                    cache[word] = word_ids
             ids.extend(word_ids)
         return ids
 

@@ -3,8 +3,10 @@
 Nothing is downloaded: the `tiktoken.Encoding` is made from the tokenizer's
 vocabulary and merges. tiktoken merges, one occurrence at a time, the
 leftmost adjacent pair whose concatenation is a token of lowest rank, and
-maps a piece that is itself a token straight to it. This is the same as
-classic BPE (`python_engine.classic_bpe`,
+maps a piece that is itself a token straight to it. (For pieces of 100 bytes
+or more, tiktoken >= 0.13 does the same merges with a heap and a linked list;
+it never cuts a piece into chunks, so long words get the same ids as short
+ones would.) This is the same as classic BPE (`python_engine.bpe_merge`,
 which merges every occurrence of the best pair at once) when the merge rules
 are *consistent*, which `tiktoken_equivalence()` checks for each vocabulary:
 every merge produces a different token, a rule only uses tokens made by
@@ -23,7 +25,7 @@ import threading
 from gpt2_lib.tokenizers.byte_level import BYTE_DECODER
 from gpt2_lib.tokenizers.byte_level import BYTE_ENCODER
 from gpt2_lib.tokenizers.byte_level import fix_surrogates
-from gpt2_lib.tokenizers.python_engine import classic_bpe
+from gpt2_lib.tokenizers.python_engine import bpe_merge
 from gpt2_lib.tokenizers.split_pattern import FAST_SPLIT_PATTERN
 
 try:  # The fast engine is optional at import time; the Python one is exact.
@@ -93,7 +95,7 @@ def _check_equivalence(merges, ranks):
                 )
     for i, (first, second) in enumerate(merges):
         merged = first + second
-        if classic_bpe(merged, ranks) != [merged]:
+        if bpe_merge(merged, ranks) != [merged]:
             return (
                 False,
                 f"classic BPE of the bytes of {merged!r} (rule {i}) does not "
