@@ -26,6 +26,9 @@ class BPEState:
         unsplittable_tokens: list of tokens kept whole (in the vocabulary).
         engine: `"auto"`, `"tiktoken"` or `"python"` (see
             `BytePairTokenizer`).
+        merge_lines: for merges read from a file, the line of each rule,
+            and `merges_source`, `vocabulary_source`: how to name the files
+            in error messages (which then never quote the files' content).
 
     Example:
 
@@ -37,7 +40,16 @@ class BPEState:
     ('tiktoken', [256, 66, 257])
     """
 
-    def __init__(self, vocabulary, merges, unsplittable_tokens, engine):
+    def __init__(
+        self,
+        vocabulary,
+        merges,
+        unsplittable_tokens,
+        engine,
+        merge_lines=None,
+        merges_source="merges",
+        vocabulary_source="vocabulary",
+    ):
         self.vocabulary = vocabulary
         self.merges = merges
         self.id_to_token = {id: token for token, id in vocabulary.items()}
@@ -46,10 +58,12 @@ class BPEState:
         for i, (first, second) in enumerate(merges):
             for token in (first, second, first + second):
                 if token not in vocabulary:
+                    where = _mismatch(
+                        i, first, second, token, merge_lines, merges_source
+                    )
                     raise ValueError(
-                        f"The vocabulary and merges do not match: merge rule "
-                        f"{i} ({first} {second}) uses or makes the token "
-                        f"{token!r}, which is not in the vocabulary. Load the "
+                        f"The vocabulary and merges do not match: {where}, "
+                        f"which is not in the {vocabulary_source}. Load the "
                         "vocabulary and merges files of the same model."
                     )
         self.ranks = {pair: i for i, pair in enumerate(merges)}
@@ -65,8 +79,8 @@ class BPEState:
             if token not in vocabulary:
                 raise ValueError(
                     f"The unsplittable token {token!r} is not in the "
-                    "vocabulary. Add it to the vocabulary or remove it from "
-                    "`unsplittable_tokens`."
+                    f"{vocabulary_source}. Add it to the vocabulary or remove "
+                    "it from `unsplittable_tokens`."
                 )
             special_ids[token] = vocabulary[token]
         self.special_ids = special_ids
@@ -115,3 +129,10 @@ class BPEState:
             return self.fast_engine.make_encode()
         return self.python_engine.encode
 
+
+def _mismatch(i, first, second, token, lines, merges_source):
+    """Which merge rule needs a missing token (quoting it only for a list)."""
+    uses = "makes" if token == first + second else "uses"
+    if lines is None:
+        return f"merge rule {i} ({first} {second}) {uses} the token {token!r}"
+    return f"line {lines[i]} of the {merges_source} {uses} a token"

@@ -9,17 +9,17 @@ one vocabulary (`bpe_state`). Input forms are recognised by
 `gpt2_lib.utils.text_inputs`.
 """
 
-import json
 import os
 
 import keras
 import numpy as np
 
 from gpt2_lib.tokenizers.bpe_files import MERGES_FILENAME
-from gpt2_lib.tokenizers.bpe_files import MERGES_HEADER
 from gpt2_lib.tokenizers.bpe_files import VOCAB_FILENAME
-from gpt2_lib.tokenizers.bpe_files import read_merges
+from gpt2_lib.tokenizers.bpe_files import read_merge_rules
 from gpt2_lib.tokenizers.bpe_files import read_vocabulary
+from gpt2_lib.tokenizers.bpe_files import write_merges
+from gpt2_lib.tokenizers.bpe_files import write_vocabulary
 from gpt2_lib.tokenizers.bpe_state import ENGINES
 from gpt2_lib.tokenizers.bpe_state import BPEState
 from gpt2_lib.tokenizers.byte_level import fix_surrogates
@@ -36,6 +36,13 @@ def _is_integer_dtype(dtype):
         return np.issubdtype(np.dtype(dtype), np.integer)
     except TypeError:
         return False
+
+
+def _source(value, what):
+    """How error messages name a vocabulary or merges argument."""
+    if isinstance(value, (str, os.PathLike)):
+        return f"{what} file {os.fspath(value)!r}"
+    return what
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -218,10 +225,16 @@ class BytePairTokenizer(Tokenizer):
                 f"`{missing}` is missing: pass both `vocabulary` and `merges` "
                 "(or neither, and load them later with `load_assets()`)."
             )
-        vocabulary = read_vocabulary(vocabulary)
-        pairs = read_merges(merges)
+        table = read_vocabulary(vocabulary)
+        pairs, merge_lines = read_merge_rules(merges)
         state = BPEState(
-            vocabulary, pairs, self.unsplittable_tokens, self._engine_request
+            table,
+            pairs,
+            self.unsplittable_tokens,
+            self._engine_request,
+            merge_lines=merge_lines,
+            merges_source=_source(merges, "merges"),
+            vocabulary_source=_source(vocabulary, "vocabulary"),
         )
         # Check special tokens before publishing the new state.
         previous = self._state
@@ -298,19 +311,14 @@ class BytePairTokenizer(Tokenizer):
     def save_assets(self, dir_path):
         """Write `vocabulary.json` and `merges.txt` into `dir_path`.
 
-        The merges file has Transformers' `#version: 0.2` header, which
-        KerasHub, Transformers and this tokenizer all skip when reading.
+        Each file is written atomically. The merges file has Transformers'
+        `#version: 0.2` header, which KerasHub, Transformers and this
+        tokenizer all skip when reading.
         """
         state = self._check_vocabulary()
         os.makedirs(dir_path, exist_ok=True)
-        vocab_path = os.path.join(dir_path, VOCAB_FILENAME)
-        merges_path = os.path.join(dir_path, MERGES_FILENAME)
-        with open(vocab_path, "w", encoding="utf-8") as f:
-            f.write(json.dumps(state.vocabulary, ensure_ascii=False))
-        with open(merges_path, "w", encoding="utf-8", newline="\n") as f:
-            f.write(MERGES_HEADER + "\n")
-            for first, second in state.merges:
-                f.write(f"{first} {second}\n")
+        write_vocabulary(os.path.join(dir_path, VOCAB_FILENAME), state.vocabulary)
+        write_merges(os.path.join(dir_path, MERGES_FILENAME), state.merges)
 
     def load_assets(self, dir_path):
         """Read `vocabulary.json` and `merges.txt` from `dir_path`."""

@@ -77,10 +77,7 @@ def _check_equivalence(merges, ranks):
     for i, (first, second) in enumerate(merges):
         merged = first + second
         if merged in made_by:
-            return (
-                False,
-                f"merge rules {made_by[merged]} and {i} both make {merged!r}",
-            )
+            return False, f"merge rules {made_by[merged]} and {i} make the same token"
         made_by[merged] = i
     for i, (first, second) in enumerate(merges):
         for part in (first, second):
@@ -88,18 +85,15 @@ def _check_equivalence(merges, ranks):
                 continue
             rank = made_by.get(part)
             if rank is None or rank >= i:
-                return (
-                    False,
-                    f"merge rule {i} ({first} {second}) uses {part!r}, which "
-                    "no earlier rule makes",
+                return False, (
+                    f"merge rule {i} uses a token that no earlier rule makes"
                 )
     for i, (first, second) in enumerate(merges):
         merged = first + second
         if bpe_merge(merged, ranks) != [merged]:
-            return (
-                False,
-                f"classic BPE of the bytes of {merged!r} (rule {i}) does not "
-                "give the token back",
+            return False, (
+                f"classic BPE of the bytes of the token made by merge rule {i} "
+                "does not give the token back"
             )
     return True, ""
 
