@@ -19,6 +19,8 @@ import keras
 
 from gpt2_lib.preset_io import load_tokenizer
 from gpt2_lib.preset_io import save_tokenizer
+from gpt2_lib.utils.text_inputs import canonicalize_texts
+from gpt2_lib.utils.text_inputs import to_numpy
 
 TOKENIZER_CONFIG_FILE = "tokenizer.json"
 
@@ -155,6 +157,35 @@ def deserialize_tokenizer(config):
     return cls.from_config(dict(config.get("config", {})))
 
 
+def tokenize_unpadded(tokenizer, inputs):
+    """Tokenize text with any tokenizer: `(list of id lists, batched)`.
+
+    The inputs are recognised by `gpt2_lib.utils.text_inputs` (a string,
+    bytes, or a batch of them), and `tokenizer.tokenize()` is called on each
+    string, so this works for any object with a `tokenize(str)` method.
+
+    Args:
+        tokenizer: an object with a `tokenize(str)` method.
+        inputs: a string or a batch of strings.
+
+    Example:
+
+    >>> class CharTokenizer:
+    ...     def tokenize(self, text):
+    ...         return [ord(c) for c in text]
+    >>> tokenize_unpadded(CharTokenizer(), ["ab", "c"])
+    ([[97, 98], [99]], True)
+    >>> tokenize_unpadded(CharTokenizer(), b"ab")
+    ([[97, 98]], False)
+    """
+    texts, batched = canonicalize_texts(inputs)
+    rows = []
+    for text in texts:
+        ids = tokenizer.tokenize(text)
+        rows.append(list(ids) if isinstance(ids, (list, tuple)) else to_numpy(ids).tolist())
+    return rows, batched
+
+
 @keras.saving.register_keras_serializable(package="gpt2_lib")
 class Tokenizer:
     """A base class for tokenizers.
@@ -287,13 +318,7 @@ class Tokenizer:
         tokenizer never leaks padding into packed sequences. Subclasses with a
         faster path override it.
         """
-        outputs = self.tokenize(inputs)
-        if hasattr(outputs, "tolist"):
-            outputs = outputs.tolist()
-        outputs = list(outputs)
-        if outputs and isinstance(outputs[0], (list, tuple)):
-            return [list(o) for o in outputs], True
-        return [outputs], False
+        return tokenize_unpadded(self, inputs)
 
     @property
     def special_tokens(self):
