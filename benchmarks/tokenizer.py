@@ -55,7 +55,7 @@ def build_tokenizers():
     from tokenizers import models
     from tokenizers import pre_tokenizers
 
-    from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
+    from gpt2_lib.tokenizers import GPT2Tokenizer
 
     encoder_json, vocab_bpe = gpt2_encoder_files()
     ours = GPT2Tokenizer(encoder_json, vocab_bpe)

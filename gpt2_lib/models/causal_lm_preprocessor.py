@@ -6,7 +6,7 @@ import numpy as np
 from gpt2_lib.models.preprocessor import PackingPreprocessor
 from gpt2_lib.models.preprocessor import check_sequence_length
 from gpt2_lib.models.preprocessor import pack_start_end
-from gpt2_lib.models.preprocessor import to_numpy
+from gpt2_lib.utils.text_inputs import to_numpy
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -48,18 +48,22 @@ class CausalLMPreprocessor(PackingPreprocessor):
 
     Example:
 
-    ```python
-    preprocessor = gpt2_lib.models.GPT2CausalLMPreprocessor.from_preset(
-        "gpt2_base_en", sequence_length=8
-    )
-    x, y, sample_weight = preprocessor("The quick brown fox.")
-    x["token_ids"]  # [50256, 464, 2068, 7586, 21831, 13, 50256, 50256]
-    y               # [464, 2068, 7586, 21831, 13, 50256, 50256, 50256]
-    sample_weight   # [True, True, True, True, True, True, False, False]
-
-    prompts = preprocessor.generate_preprocess(["The quick"])
-    preprocessor.generate_postprocess(prompts)  # ["The quick"]
-    ```
+    >>> from gpt2_lib.models import GPT2CausalLMPreprocessor
+    >>> preprocessor = GPT2CausalLMPreprocessor.from_preset(
+    ...     "gpt2_tiny_shakespeare_en", sequence_length=8
+    ... )
+    >>> x, y, sample_weight = preprocessor("To be, or not")
+    >>> x["token_ids"].tolist()  # 2256 is "<|endoftext|>" in this vocabulary.
+    [2256, 51, 78, 307, 11, 393, 407, 2256]
+    >>> y.tolist()
+    [51, 78, 307, 11, 393, 407, 2256, 2256]
+    >>> sample_weight.tolist()
+    [True, True, True, True, True, True, True, False]
+    >>> prompts = preprocessor.generate_preprocess(["To be"])
+    >>> prompts["token_ids"].tolist()
+    [[2256, 51, 78, 307, 2256, 2256, 2256, 2256]]
+    >>> preprocessor.generate_postprocess(prompts)
+    ['To be']
     """
 
     def _pack(self, rows, sequence_length, add_start, add_end):

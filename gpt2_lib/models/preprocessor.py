@@ -9,15 +9,24 @@ Python generator, a `keras.utils.PyDataset`, or inside `tf.data` through
 import keras
 import numpy as np
 
+from gpt2_lib.preset_io import load_preprocessor
+from gpt2_lib.preset_io import save_preprocessor
 from gpt2_lib.tokenizers.tokenizer import check_unknown_kwargs
 from gpt2_lib.tokenizers.tokenizer import deserialize_tokenizer
 from gpt2_lib.tokenizers.tokenizer import snake_case
+from gpt2_lib.tokenizers.tokenizer import tokenize_unpadded
 
 PREPROCESSOR_CONFIG_FILE = "preprocessor.json"
 
 
 def check_sequence_length(value, name="sequence_length"):
-    """Validate a packed sequence length (a positive int)."""
+    """Validate a packed sequence length (a positive int).
+
+    Example:
+
+    >>> check_sequence_length(8)
+    8
+    """
     if (
         isinstance(value, (bool, np.bool_))
         or not isinstance(value, (int, np.integer))
@@ -59,6 +68,16 @@ def pack_start_end(
     Returns:
         `(token_ids, padding_mask)`: arrays of shape
         `(len(token_lists), sequence_length)`, of `dtype` and `bool`.
+
+    Example:
+
+    >>> token_ids, padding_mask = pack_start_end(
+    ...     [[5, 6], [7, 8, 9, 10]], 5, start_id=1, end_id=2
+    ... )
+    >>> token_ids.tolist()
+    [[1, 5, 6, 2, 0], [1, 7, 8, 9, 2]]
+    >>> padding_mask.tolist()
+    [[True, True, True, True, False], [True, True, True, True, True]]
     """
     start = [start_id] if add_start and start_id is not None else []
     end = [end_id] if add_end and end_id is not None else []
@@ -71,17 +90,6 @@ def pack_start_end(
         token_ids[i, : len(row)] = row
         padding_mask[i, : len(row)] = True
     return token_ids, padding_mask
-
-
-def to_numpy(value):
-    """Convert lists, NumPy arrays and backend tensors to NumPy."""
-    if isinstance(value, np.ndarray):
-        return value
-    if type(value).__module__.startswith("tensorflow") and hasattr(value, "numpy"):
-        return value.numpy()
-    if keras.ops.is_tensor(value):
-        return keras.ops.convert_to_numpy(value)
-    return np.asarray(value)
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -109,15 +117,18 @@ class Preprocessor:
 
     Example:
 
-    ```python
-    class LengthPreprocessor(gpt2_lib.models.Preprocessor):
-        def call(self, x, y=None, sample_weight=None):
-            lengths = np.array([len(ids) for ids in self.tokenizer(x)])
-            return keras.utils.pack_x_y_sample_weight(lengths, y, sample_weight)
-
-    preprocessor = LengthPreprocessor(tokenizer)
-    preprocessor(["The quick brown fox.", "Hi"])  # array([5, 1])
-    ```
+    >>> import keras
+    >>> import numpy as np
+    >>> from gpt2_lib.models import Preprocessor
+    >>> from gpt2_lib.tokenizers import GPT2Tokenizer
+    >>> class LengthPreprocessor(Preprocessor):
+    ...     def call(self, x, y=None, sample_weight=None):
+    ...         lengths = np.array([len(ids) for ids in self.tokenizer(x)])
+    ...         return keras.utils.pack_x_y_sample_weight(lengths, y, sample_weight)
+    >>> tokenizer = GPT2Tokenizer.from_preset("gpt2_tiny_shakespeare_en")
+    >>> preprocessor = LengthPreprocessor(tokenizer)
+    >>> preprocessor(["To be", "or not to be"]).tolist()
+    [3, 4]
     """
 
     backbone_cls = None
@@ -179,12 +190,7 @@ class Preprocessor:
         unpadded = getattr(tokenizer, "_tokenize_unpadded", None)
         if unpadded is not None:
             return unpadded(x)
-        outputs = tokenizer.tokenize(x)
-        if hasattr(outputs, "tolist"):
-            outputs = outputs.tolist()
-        if outputs and isinstance(outputs[0], (list, tuple)):
-            return [list(o) for o in outputs], True
-        return [list(outputs)], False
+        return tokenize_unpadded(tokenizer, x)
 
     def __call__(self, *args, **kwargs):
         if (
@@ -246,15 +252,14 @@ class Preprocessor:
 
         Example:
 
-        ```python
-        preprocessor = gpt2_lib.models.GPT2CausalLMPreprocessor.from_preset(
-            "gpt2_base_en", sequence_length=128
-        )
-        x, y, sample_weight = preprocessor(["The quick brown fox."])
-        ```
+        >>> from gpt2_lib.models import GPT2CausalLMPreprocessor
+        >>> preprocessor = GPT2CausalLMPreprocessor.from_preset(
+        ...     "gpt2_tiny_shakespeare_en", sequence_length=16
+        ... )
+        >>> x, y, sample_weight = preprocessor(["To be, or not to be"])
+        >>> x["token_ids"].shape
+        (1, 16)
         """
-        from gpt2_lib.preset_io import load_preprocessor
-
         return load_preprocessor(cls, preset, config_file=config_file, **kwargs)
 
     def save_to_preset(self, preset_dir):
@@ -263,8 +268,6 @@ class Preprocessor:
         Args:
             preset_dir: The path to the local model preset directory.
         """
-        from gpt2_lib.preset_io import save_preprocessor
-
         save_preprocessor(self, preset_dir)
 
 
@@ -279,6 +282,13 @@ class PackingPreprocessor(Preprocessor):
         sequence_length: int, the packed length. Defaults to `1024`.
         add_start_token: bool, whether to prepend the start token.
         add_end_token: bool, whether to append the end token.
+
+    Example:
+
+    >>> from gpt2_lib.models.preprocessor import PackingPreprocessor
+    >>> preprocessor = PackingPreprocessor(tokenizer=None, sequence_length=16)
+    >>> preprocessor.get_config()["sequence_length"]
+    16
     """
 
     def __init__(

@@ -17,6 +17,11 @@ import re
 
 import keras
 
+from gpt2_lib.preset_io import load_tokenizer
+from gpt2_lib.preset_io import save_tokenizer
+from gpt2_lib.utils.text_inputs import canonicalize_texts
+from gpt2_lib.utils.text_inputs import to_numpy
+
 TOKENIZER_CONFIG_FILE = "tokenizer.json"
 
 # Keys that KerasHub (through `keras.layers.Layer.get_config()`) writes into a
@@ -35,7 +40,13 @@ HARMLESS_CONFIG_KEYS = frozenset(
 
 
 def snake_case(name):
-    """Convert `CamelCase` class names to `snake_case` default names."""
+    """Convert `CamelCase` class names to `snake_case` default names.
+
+    Example:
+
+    >>> snake_case("GPT2CausalLMPreprocessor")
+    'gpt2_causal_lm_preprocessor'
+    """
     name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
 
@@ -45,6 +56,13 @@ def dtype_name(dtype):
 
     KerasHub writes `dtype` either as a string (`"int32"`) or as a serialized
     `DTypePolicy` (`{"class_name": "DTypePolicy", "config": {"name": ...}}`).
+
+    Example:
+
+    >>> dtype_name({"class_name": "DTypePolicy", "config": {"name": "int32"}})
+    'int32'
+    >>> dtype_name("int64")
+    'int64'
     """
     if dtype is None:
         return None
@@ -67,7 +85,16 @@ def dtype_name(dtype):
 
 
 def check_unknown_kwargs(owner, kwargs):
-    """Drop config keys that are harmless, raise on everything else."""
+    """Accept config keys that are harmless, raise on everything else.
+
+    Example:
+
+    >>> check_unknown_kwargs(object(), {"trainable": True})  # Ignored.
+    >>> check_unknown_kwargs(object(), {"sequence_lenght": 8})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    TypeError: object() got unexpected keyword argument(s) ['sequence_lenght']. ...
+    """
     unknown = sorted(k for k in kwargs if k not in HARMLESS_CONFIG_KEYS)
     if unknown:
         raise TypeError(
@@ -91,6 +118,18 @@ def deserialize_tokenizer(config):
     Returns:
         The tokenizer instance (assets, i.e. vocabulary and merges, are not
         loaded; call `load_assets()`).
+
+    Example:
+
+    >>> from gpt2_lib.tokenizers import GPT2Tokenizer
+    >>> config = {
+    ...     "class_name": "GPT2Tokenizer",
+    ...     "registered_name": "keras_hub>GPT2Tokenizer",
+    ...     "config": {"sequence_length": 8},
+    ... }
+    >>> tokenizer = deserialize_tokenizer(config)
+    >>> type(tokenizer).__name__, tokenizer.sequence_length
+    ('GPT2Tokenizer', 8)
     """
     if not isinstance(config, dict) or "class_name" not in config:
         raise ValueError(
@@ -116,6 +155,35 @@ def deserialize_tokenizer(config):
                 "'gpt2_lib')` to load it."
             ) from e
     return cls.from_config(dict(config.get("config", {})))
+
+
+def tokenize_unpadded(tokenizer, inputs):
+    """Tokenize text with any tokenizer: `(list of id lists, batched)`.
+
+    The inputs are recognised by `gpt2_lib.utils.text_inputs` (a string,
+    bytes, or a batch of them), and `tokenizer.tokenize()` is called on each
+    string, so this works for any object with a `tokenize(str)` method.
+
+    Args:
+        tokenizer: an object with a `tokenize(str)` method.
+        inputs: a string or a batch of strings.
+
+    Example:
+
+    >>> class CharTokenizer:
+    ...     def tokenize(self, text):
+    ...         return [ord(c) for c in text]
+    >>> tokenize_unpadded(CharTokenizer(), ["ab", "c"])
+    ([[97, 98], [99]], True)
+    >>> tokenize_unpadded(CharTokenizer(), b"ab")
+    ([[97, 98]], False)
+    """
+    texts, batched = canonicalize_texts(inputs)
+    rows = []
+    for text in texts:
+        ids = tokenizer.tokenize(text)
+        rows.append(list(ids) if isinstance(ids, (list, tuple)) else to_numpy(ids).tolist())
+    return rows, batched
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -145,18 +213,18 @@ class Tokenizer:
 
     Example:
 
-    ```python
-    class WhitespaceTokenizer(gpt2_lib.tokenizers.Tokenizer):
-        def tokenize(self, inputs):
-            return inputs.split()
-
-        def detokenize(self, inputs):
-            return " ".join(inputs)
-
-    tokenizer = WhitespaceTokenizer()
-    tokenizer("This is a test")  # ["This", "is", "a", "test"]
-    tokenizer.detokenize(["This", "is"])  # "This is"
-    ```
+    >>> from gpt2_lib.tokenizers import Tokenizer
+    >>> class WhitespaceTokenizer(Tokenizer):
+    ...     def tokenize(self, inputs):
+    ...         return inputs.split()
+    ...
+    ...     def detokenize(self, inputs):
+    ...         return " ".join(inputs)
+    >>> tokenizer = WhitespaceTokenizer()
+    >>> tokenizer("This is a test")
+    ['This', 'is', 'a', 'test']
+    >>> tokenizer.detokenize(["This", "is"])
+    'This is'
     """
 
     backbone_cls = None
@@ -250,13 +318,7 @@ class Tokenizer:
         tokenizer never leaks padding into packed sequences. Subclasses with a
         faster path override it.
         """
-        outputs = self.tokenize(inputs)
-        if hasattr(outputs, "tolist"):
-            outputs = outputs.tolist()
-        outputs = list(outputs)
-        if outputs and isinstance(outputs[0], (list, tuple)):
-            return [list(o) for o in outputs], True
-        return [outputs], False
+        return tokenize_unpadded(self, inputs)
 
     @property
     def special_tokens(self):
@@ -343,13 +405,18 @@ class Tokenizer:
 
         Example:
 
+        >>> from gpt2_lib.tokenizers import GPT2Tokenizer
+        >>> tokenizer = GPT2Tokenizer.from_preset("gpt2_tiny_shakespeare_en")
+        >>> tokenizer.detokenize(tokenizer("The quick brown fox."))
+        'The quick brown fox.'
+
+        With a preset that is downloaded:
+
         ```python
         tokenizer = gpt2_lib.models.GPT2Tokenizer.from_preset("gpt2_base_en")
-        tokenizer("The quick brown fox.")
+        tokenizer("The quick brown fox.")  # [464, 2068, 7586, 21831, 13]
         ```
         """
-        from gpt2_lib.preset_io import load_tokenizer
-
         return load_tokenizer(cls, preset, config_file=config_file, **kwargs)
 
     def save_to_preset(self, preset_dir):
@@ -357,7 +424,17 @@ class Tokenizer:
 
         Args:
             preset_dir: The path to the local model preset directory.
-        """
-        from gpt2_lib.preset_io import save_tokenizer
 
+        Example:
+
+        >>> import os, tempfile
+        >>> from gpt2_lib.tokenizers import GPT2Tokenizer
+        >>> tokenizer = GPT2Tokenizer.from_preset("gpt2_tiny_shakespeare_en")
+        >>> with tempfile.TemporaryDirectory() as tmp:
+        ...     preset_dir = os.path.join(tmp, "my_tokenizer")
+        ...     tokenizer.save_to_preset(preset_dir)
+        ...     loaded = GPT2Tokenizer.from_preset(preset_dir)
+        >>> loaded("Romeo") == tokenizer("Romeo")
+        True
+        """
         save_tokenizer(self, preset_dir)

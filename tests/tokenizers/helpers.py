@@ -190,7 +190,7 @@ def hf_bpe_reference(vocabulary, merges, special_tokens=(), add_prefix_space=Fal
 
 def byte_vocabulary(merges=(), special_tokens=("<|endoftext|>",)):
     """GPT-2's 256 byte tokens (in GPT-2's id order), merged tokens, specials."""
-    from gpt2_lib.tokenizers.byte_pair_tokenizer import bytes_to_unicode
+    from gpt2_lib.tokenizers.byte_level import bytes_to_unicode
 
     vocabulary = {c: i for i, c in enumerate(bytes_to_unicode().values())}
     for rule in merges:

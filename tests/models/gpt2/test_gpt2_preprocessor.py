@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gpt2_lib.models.gpt2.gpt2_preprocessor import GPT2Preprocessor
-from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
+from gpt2_lib.tokenizers import GPT2Tokenizer
 from tests.real_data import gpt2_encoder_files
 from tests.real_data import tiktoken_gpt2_reference
 

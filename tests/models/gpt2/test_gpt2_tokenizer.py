@@ -12,8 +12,8 @@ import shutil
 import numpy as np
 import pytest
 
-from gpt2_lib.models.gpt2.gpt2_tokenizer import GPT2Tokenizer
-from gpt2_lib.tokenizers.byte_pair_tokenizer import _SplitPatterns
+from gpt2_lib.tokenizers import GPT2Tokenizer
+from gpt2_lib.tokenizers.split_pattern import SplitPatterns
 from tests.real_data import gpt2_encoder_files
 from tests.real_data import shakespeare_lines
 from tests.real_data import tiktoken_gpt2_reference
@@ -104,7 +104,7 @@ def test_openai_encoder_agrees_without_special_tokens():
     # module; leave out the characters whose class changed in a Unicode
     # version newer than tiktoken's (we follow tiktoken on those, see
     # test_python_engine_splits_newer_unicode_like_tiktoken).
-    newer = _SplitPatterns.get().diff
+    newer = SplitPatterns.get().diff
     texts = [t for t in adversarial_texts() if EOT not in t and newer.isdisjoint(t)]
     texts += list(shakespeare_lines()[::997])
     assert gpt2_tokenizer("python")(texts) == [openai.encode(t) for t in texts]
@@ -277,7 +277,11 @@ def test_save_to_preset_and_from_preset(tmp_path):
     tokenizer = gpt2_tokenizer()
     preset = str(tmp_path / "preset")
     tokenizer.save_to_preset(preset)
-    assert os.path.isfile(os.path.join(preset, "tokenizer.json"))
+    with open(os.path.join(preset, "tokenizer.json"), encoding="utf-8") as f:
+        saved = json.load(f)
+    # KerasHub's names on disk, wherever the class lives in gpt2_lib.
+    assert saved["registered_name"] == "keras_hub>GPT2Tokenizer"
+    assert saved["module"] == "keras_hub.src.models.gpt2.gpt2_tokenizer"
     for name in ("vocabulary.json", "merges.txt"):
         assert os.path.isfile(os.path.join(preset, "assets", "tokenizer", name))
     loaded = GPT2Tokenizer.from_preset(preset, sequence_length=6)
@@ -314,3 +318,54 @@ def test_from_transformers_directory(tmp_path):
     tokenizer = GPT2Tokenizer.from_preset(str(directory))
     texts = ADVERSARIAL_STRINGS
     assert tokenizer(texts) == reference_ids(texts)
+
+
+# ---------------------------------------------------------------------------
+# Home of the class and its backbone.
+
+
+def test_one_class_in_every_home():
+    import gpt2_lib.models
+    from gpt2_lib.models.gpt2 import gpt2_tokenizer as keras_hub_layout
+    from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
+    from gpt2_lib.tokenizers.gpt2_tokenizer import GPT2Tokenizer as canonical
+
+    assert GPT2Tokenizer is canonical
+    assert gpt2_lib.models.GPT2Tokenizer is canonical
+    assert keras_hub_layout.GPT2Tokenizer is canonical
+    assert canonical.backbone_cls is GPT2Backbone
+    assert gpt2_tokenizer().backbone_cls is GPT2Backbone
+    registered = keras_registered_name(gpt2_tokenizer())
+    assert registered == "gpt2_lib>GPT2Tokenizer"
+
+
+def keras_registered_name(obj):
+    import keras
+
+    return keras.saving.serialize_keras_object(obj)["registered_name"]
+
+
+def test_tokenizers_import_nothing_from_models_or_layers():
+    """Imports anywhere in the package (inside functions too) count."""
+    import ast
+
+    import gpt2_lib.tokenizers
+
+    package = os.path.dirname(gpt2_lib.tokenizers.__file__)
+    offenders = []
+    for name in sorted(os.listdir(package)):
+        if not name.endswith(".py"):
+            continue
+        with open(os.path.join(package, name), encoding="utf-8") as f:
+            tree = ast.parse(f.read())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                modules = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                modules = []
+            for module in modules:
+                if module.split(".")[:2] in (["gpt2_lib", "models"], ["gpt2_lib", "layers"]):
+                    offenders.append(f"{name}: {module}")
+    assert not offenders
