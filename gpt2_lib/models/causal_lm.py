@@ -10,9 +10,12 @@ from keras import tree
 from gpt2_lib import optimizers
 from gpt2_lib import samplers as samplers_lib
 from gpt2_lib.models.task import Task
+from gpt2_lib.utils.text_inputs import canonicalize_texts
+from gpt2_lib.utils.text_inputs import decode_strings
+from gpt2_lib.utils.text_inputs import is_string_data
+from gpt2_lib.utils.text_inputs import is_tf_dataset
+from gpt2_lib.utils.text_inputs import to_numpy
 from gpt2_lib.utils.validation import check_ids
-from gpt2_lib.models.task import _is_string_data
-from gpt2_lib.models.task import _is_tf_dataset
 
 
 def _check_stop_token_ids(stop_token_ids, vocabulary_size):
@@ -63,16 +66,6 @@ def _token_batch(y, y_pred, sample_weight):
         and (sample_weight is None or rank(sample_weight) == 2)
         and getattr(y_pred, "_keras_mask", None) is None
     )
-
-
-def _to_numpy(value):
-    if isinstance(value, np.ndarray):
-        return value
-    if type(value).__module__.startswith("tensorflow") and hasattr(value, "numpy"):
-        return value.numpy()
-    if ops.is_tensor(value):
-        return ops.convert_to_numpy(value)
-    return np.asarray(value)
 
 
 @keras.saving.register_keras_serializable(package="gpt2_lib")
@@ -163,11 +156,10 @@ class CausalLM(Task):
 
     def compile_from_config(self, config):
         """Compile as the saved model was (`keras.saving.load_model`)."""
-        config = dict(config)
-        sampler = config.pop("sampler", None)
-        super().compile_from_config(config)
-        if sampler is not None:
-            self.sampler = samplers_lib.get(sampler)
+        config = keras.saving.deserialize_keras_object(dict(config))
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
     # Training data ------------------------------------------------------------
 
@@ -177,8 +169,8 @@ class CausalLM(Task):
         if isinstance(x, dict) and "token_ids" in x:
             check_ids(x["token_ids"], "token_ids", self.backbone.vocabulary_size)
         if labels and isinstance(x, dict) and "token_ids" in x and y is None and sample_weight is None:
-            token_ids = _to_numpy(x["token_ids"])
-            padding_mask = _to_numpy(
+            token_ids = to_numpy(x["token_ids"])
+            padding_mask = to_numpy(
                 x.get("padding_mask", np.ones_like(token_ids))
             ).astype(bool)
             if token_ids.ndim != 2 or token_ids.shape[1] < 2:
@@ -320,8 +312,8 @@ class CausalLM(Task):
                 "Token inputs to `generate()` must be a dict with 'token_ids' and "
                 f"'padding_mask'. Received keys: {sorted(inputs)}."
             )
-        token_ids = _to_numpy(inputs["token_ids"])
-        padding_mask = _to_numpy(inputs.get("padding_mask", np.ones_like(token_ids)))
+        token_ids = to_numpy(inputs["token_ids"])
+        padding_mask = to_numpy(inputs.get("padding_mask", np.ones_like(token_ids)))
         is_scalar = token_ids.ndim == 1
         if is_scalar:
             token_ids, padding_mask = token_ids[None], padding_mask[None]
@@ -371,16 +363,13 @@ class CausalLM(Task):
 
     def _string_inputs(self, inputs, max_length):
         """Tokenize prompts with the preprocessor, with clear errors."""
-        is_scalar = isinstance(inputs, (str, bytes))
-        prompts = [inputs] if is_scalar else list(_to_numpy(inputs).tolist() if not isinstance(inputs, (list, tuple)) else inputs)
-        prompts = [p.decode("utf-8") if isinstance(p, bytes) else p for p in prompts]
+        if isinstance(inputs, (list, tuple)) and not inputs:
+            raise ValueError("`generate()` got an empty list of prompts.")
+        prompts, batched = canonicalize_texts(inputs, caller="generate()")
+        is_scalar = not batched
         if not prompts:
             raise ValueError("`generate()` got an empty list of prompts.")
         for i, prompt in enumerate(prompts):
-            if not isinstance(prompt, str):
-                raise TypeError(
-                    f"Prompts must be strings; prompt {i} is {type(prompt).__name__}: {prompt!r}."
-                )
             if not prompt:
                 raise ValueError(
                     f"Prompt {i} is an empty string. Give every prompt some text."
@@ -463,7 +452,7 @@ class CausalLM(Task):
                 token_ids[:, index - 1 : index], real, cache, index - 1, blocks=blocks
             )
             probabilities = self.sampler.compute_probabilities(logits[:, 0, :])
-            next_token = int(_to_numpy(self.sampler.get_next_token(probabilities))[0])
+            next_token = int(to_numpy(self.sampler.get_next_token(probabilities))[0])
             if next_token in stop_token_ids:
                 break
             token_ids[0, index] = next_token
@@ -528,8 +517,8 @@ class CausalLM(Task):
         ```
         """
         max_length = self._check_max_length(max_length)
-        if _is_tf_dataset(inputs):
-            batches = [self._decode_batch(b) for b in inputs.as_numpy_iterator()]
+        if is_tf_dataset(inputs):
+            batches = [decode_strings(b) for b in inputs.as_numpy_iterator()]
             outputs = [
                 self.generate(b, max_length=max_length, stop_token_ids=stop_token_ids, strip_prompt=strip_prompt)
                 for b in batches
@@ -546,7 +535,7 @@ class CausalLM(Task):
                     "'token_ids' and 'padding_mask'. Received "
                     f"{type(inputs).__name__}. Attach a preprocessor to generate from strings."
                 )
-            if not _is_string_data(inputs) and not (isinstance(inputs, (list, tuple)) and not inputs):
+            if not is_string_data(inputs) and not (isinstance(inputs, (list, tuple)) and not inputs):
                 raise TypeError(
                     "`generate()` takes a string, a list of strings, or a dict of token "
                     f"ids. Received {type(inputs).__name__}: {inputs!r:.100}"
@@ -557,8 +546,8 @@ class CausalLM(Task):
         generate_function = self.make_generate_function()
         outputs = generate_function(batch, stop_token_ids=stop_token_ids)
         outputs = {
-            "token_ids": _to_numpy(outputs["token_ids"]).astype("int32"),
-            "padding_mask": _to_numpy(outputs["padding_mask"]).astype(bool),
+            "token_ids": to_numpy(outputs["token_ids"]).astype("int32"),
+            "padding_mask": to_numpy(outputs["padding_mask"]).astype(bool),
         }
         if strip_prompt:
             outputs = self._strip_prompt(outputs, batch)
@@ -568,9 +557,3 @@ class CausalLM(Task):
         if is_scalar:
             return {key: value[0] for key, value in outputs.items()}
         return outputs
-
-    @staticmethod
-    def _decode_batch(batch):
-        if isinstance(batch, np.ndarray) and batch.dtype.kind in "SO":
-            return [b.decode("utf-8") if isinstance(b, bytes) else b for b in batch.tolist()]
-        return batch

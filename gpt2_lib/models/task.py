@@ -7,32 +7,9 @@ import numpy as np
 
 from gpt2_lib.backends import tf_data
 from gpt2_lib.utils.classproperty import classproperty
-
-
-def _is_string_data(x):
-    """Whether `x` is a string or a batch of strings (raw text)."""
-    if isinstance(x, (str, bytes)):
-        return True
-    if isinstance(x, np.ndarray):
-        return x.dtype.kind in "USO"
-    if isinstance(x, (list, tuple)) and x:
-        return all(isinstance(item, (str, bytes)) for item in x)
-    if type(x).__module__.startswith("tensorflow") and hasattr(x, "dtype"):
-        return getattr(x.dtype, "name", "") == "string"
-    return False
-
-
-def _is_tf_dataset(x):
-    return type(x).__module__.startswith("tensorflow") and hasattr(x, "as_numpy_iterator")
-
-
-def _decode(batch):
-    """tf.data string batches come as bytes; the preprocessor wants str."""
-    if isinstance(batch, np.ndarray) and batch.dtype.kind in "SO":
-        return [b.decode("utf-8") if isinstance(b, bytes) else b for b in batch.tolist()]
-    if isinstance(batch, bytes):
-        return batch.decode("utf-8")
-    return batch
+from gpt2_lib.utils.text_inputs import decode_strings
+from gpt2_lib.utils.text_inputs import is_string_data
+from gpt2_lib.utils.text_inputs import is_tf_dataset
 
 
 def _is_empty(x):
@@ -110,8 +87,8 @@ class _PreprocessedIterable(keras.utils.PyDataset):
         self._next_index = index + 1
         batch = next(self._iterator)
         if isinstance(batch, tuple):
-            return self.preprocess(*[_decode(part) for part in batch])
-        return self.preprocess(_decode(batch))
+            return self.preprocess(*[decode_strings(part) for part in batch])
+        return self.preprocess(decode_strings(batch))
 
     def on_epoch_end(self):
         self._iterator = None
@@ -315,14 +292,14 @@ class Task(keras.Model):
         Returns `(x, y, sample_weight, batch_size)` for `keras.Model`.
         """
         if self.preprocessor is not None:
-            if _is_tf_dataset(x):
+            if is_tf_dataset(x):
                 return (
                     _PreprocessedIterable(self.preprocess_samples, x.as_numpy_iterator),
                     None,
                     None,
                     None,
                 )
-            if _is_string_data(x):
+            if is_string_data(x):
                 data = _PreprocessedArrays(
                     self.preprocess_samples, x, y, sample_weight, batch_size, shuffle
                 )

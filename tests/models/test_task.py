@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from gpt2_lib.models.task import Task
-from gpt2_lib.models.task import _is_string_data
+from gpt2_lib.utils.text_inputs import is_string_data as _is_string_data
 from gpt2_lib.models.task import _PreprocessedArrays
 from gpt2_lib.models.task import _PreprocessedIterable
 
@@ -126,10 +126,13 @@ def test_keras_file_keeps_the_tokenizer_and_sampler(tmp_path):
     """`.keras` files (Keras' own format) hold the tokenizer assets and the sampler."""
     lm = GPT2CausalLM.from_preset("gpt2_tiny_shakespeare_en")
     lm.compile(sampler="greedy")
+    lm.fit(["ROMEO: hello there, good friend."], batch_size=1, epochs=1, verbose=0)
     path = str(tmp_path / "model.keras")
     lm.save(path)
     restored = keras.saving.load_model(path)
     assert type(restored.sampler).__name__ == "GreedySampler"
+    assert type(restored.optimizer) is type(lm.optimizer)
+    assert int(restored.optimizer.iterations.value) == 1  # optimizer state restored
     assert restored.preprocessor.tokenizer.vocabulary_size() == lm.preprocessor.tokenizer.vocabulary_size()
     assert restored.generate("ROMEO:", max_length=24) == lm.generate("ROMEO:", max_length=24)
 
