@@ -12,7 +12,7 @@ import pytest
 import gpt2_lib
 from gpt2_lib.models import Backbone
 from gpt2_lib.models import GPT2Backbone
-from gpt2_lib.preset_io import keras_format
+from gpt2_lib.preset_io import keras_hub_weights
 from tests.preset_io.helpers import KH_BACKBONE
 from tests.preset_io.helpers import KH_SHARDED
 from tests.preset_io.helpers import SAVED_BY_US
@@ -181,14 +181,14 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     before = {name: (target / name).read_bytes() for name in ("config.json", "model.weights.h5")}
 
     calls = []
-    original = keras_format._write_h5
+    original = keras_hub_weights._write_h5
 
     def failing_write(filepath, model, pairs):
         calls.append(filepath)
         original(filepath, model, pairs[: len(pairs) // 2])  # half written...
         raise KeyboardInterrupt("injected failure mid-save")
 
-    monkeypatch.setattr(keras_format, "_write_h5", failing_write)
+    monkeypatch.setattr(keras_hub_weights, "_write_h5", failing_write)
     other = tiny_backbone(seed=1, hidden_dim=16)
     with pytest.raises(KeyboardInterrupt):
         other.save_to_preset(target)
@@ -233,3 +233,4 @@ def test_keras_hub_metadata_written(tmp_path):
     metadata = json.load(open(tmp_path / "p" / "metadata.json"))
     assert metadata["parameter_count"] == backbone.count_params()
     assert metadata["keras_version"] == keras.version()
+
