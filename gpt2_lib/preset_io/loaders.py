@@ -53,6 +53,7 @@ class PresetLoader:
         self.preset_dir = preset_dir
         self.preset = preset
         self.config = config
+        self._objects = {}  # file name -> (class, checked serialized object)
 
     def has_file(self, name):
         return preset_file(self.preset_dir, name, required=False) is not None
@@ -170,11 +171,10 @@ class KerasHubPreset(PresetLoader):
 
         Each file is read and checked once (its warnings are issued once).
         """
-        cache = self.__dict__.setdefault("_objects", {})
-        if filename not in cache:
+        if filename not in self._objects:
             config = config_files.read_object(self.preset_dir, filename)
-            cache[filename] = (registry.class_for(config["registered_name"]), config)
-        found, config = cache[filename]
+            self._objects[filename] = (registry.class_for(config["registered_name"]), config)
+        found, config = self._objects[filename]
         return found, copy.deepcopy(config)
 
     def backbone_class(self):
