@@ -2,6 +2,8 @@
 
 import keras
 
+from gpt2_lib import preset_io
+from gpt2_lib.models import lora
 from gpt2_lib.utils.classproperty import classproperty
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16", "mixed_bfloat16", "mixed_float16")
@@ -83,9 +85,7 @@ class Backbone(keras.Model):
     @classproperty
     def presets(cls):
         """Built-in presets this class can load: `{name: metadata}`."""
-        from gpt2_lib.preset_io.builtin import presets_for_class
-
-        return presets_for_class(cls)
+        return preset_io.presets_for_class(cls)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
@@ -108,9 +108,7 @@ class Backbone(keras.Model):
         )
         ```
         """
-        from gpt2_lib.preset_io import load_backbone
-
-        return load_backbone(cls, preset, load_weights=load_weights, **kwargs)
+        return preset_io.load_backbone(cls, preset, load_weights=load_weights, **kwargs)
 
     def save_to_preset(self, preset_dir, max_shard_size=10):
         """Save config and weights to a KerasHub-format preset directory.
@@ -123,9 +121,8 @@ class Backbone(keras.Model):
             max_shard_size: int or float, in GB; weights larger than this
                 are written as several `model_XXXXX.weights.h5` shards.
         """
-        from gpt2_lib.preset_io import save_backbone
-
-        save_backbone(self, preset_dir, max_shard_size=max_shard_size)
+        lora.check_lora_disabled(self)
+        preset_io.save_backbone(self, preset_dir, max_shard_size=max_shard_size)
 
     def export_to_transformers(self, path):
         """Write a Hugging Face Transformers checkpoint directory.
@@ -136,9 +133,8 @@ class Backbone(keras.Model):
         Args:
             path: the directory to write (atomically).
         """
-        from gpt2_lib.preset_io import export_to_transformers
-
-        export_to_transformers(self, path)
+        lora.check_lora_disabled(self)
+        preset_io.export_to_transformers(self, path)
 
     # LoRA ------------------------------------------------------------------
 

@@ -31,12 +31,13 @@ other.save_to_preset("./gpt2_shakespeare")
 
 import json
 import os
-import tempfile
 
 import h5py
 import keras
 import numpy as np
 from keras import ops
+
+from gpt2_lib.utils.atomic import atomic_file
 
 LORA_FILE_SUFFIX = ".lora.h5"
 FORMAT_NAME = "gpt2_lib.lora"
@@ -464,11 +465,7 @@ def save_lora_weights(backbone, filepath):
             f"{filepath!r}."
         )
     state = backbone._lora_state
-    fd, tmp_path = tempfile.mkstemp(
-        prefix=f".{os.path.basename(filepath)}.", suffix=".tmp", dir=directory
-    )
-    os.close(fd)
-    try:
+    with atomic_file(filepath, suffix=LORA_FILE_SUFFIX) as tmp_path:
         with h5py.File(tmp_path, "w") as f:
             f.attrs["format"] = FORMAT_NAME
             f.attrs["format_version"] = FORMAT_VERSION
@@ -483,11 +480,6 @@ def save_lora_weights(backbone, filepath):
                 group = adapters.create_group(path)
                 group["lora_kernel_a"] = ops.convert_to_numpy(layer.lora_kernel_a)
                 group["lora_kernel_b"] = ops.convert_to_numpy(layer.lora_kernel_b)
-        os.replace(tmp_path, filepath)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 def _read_lora_file(filepath):

@@ -5,7 +5,9 @@ import math
 import keras
 import numpy as np
 
+from gpt2_lib import preset_io
 from gpt2_lib.backends import tf_data
+from gpt2_lib.models import lora
 from gpt2_lib.utils.classproperty import classproperty
 from gpt2_lib.utils.text_inputs import decode_strings
 from gpt2_lib.utils.text_inputs import is_string_data
@@ -198,9 +200,7 @@ class Task(keras.Model):
     @classproperty
     def presets(cls):
         """Built-in presets this class can load: `{name: metadata}`."""
-        from gpt2_lib.preset_io.builtin import presets_for_class
-
-        return presets_for_class(cls)
+        return preset_io.presets_for_class(cls)
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
@@ -230,9 +230,7 @@ class Task(keras.Model):
                 "`gpt2_lib.models.CausalLM.from_preset()` or "
                 "`gpt2_lib.models.GPT2CausalLM.from_preset()`."
             )
-        from gpt2_lib.preset_io import load_task
-
-        return load_task(cls, preset, load_weights=load_weights, **kwargs)
+        return preset_io.load_task(cls, preset, load_weights=load_weights, **kwargs)
 
     def save_to_preset(self, preset_dir, max_shard_size=10):
         """Save the task to a KerasHub-layout preset directory.
@@ -245,9 +243,8 @@ class Task(keras.Model):
             preset_dir: the directory to write.
             max_shard_size: int or float, in GB, see `Backbone.save_to_preset`.
         """
-        from gpt2_lib.preset_io import save_task
-
-        save_task(self, preset_dir, max_shard_size=max_shard_size)
+        lora.check_lora_disabled(self.backbone)
+        preset_io.save_task(self, preset_dir, max_shard_size=max_shard_size)
 
     def export_to_transformers(self, path):
         """Write the model as a Transformers checkpoint directory.
@@ -260,10 +257,9 @@ class Task(keras.Model):
         Args:
             path: the directory to write (atomically).
         """
-        from gpt2_lib.preset_io import export_to_transformers
-
+        lora.check_lora_disabled(self.backbone)
         tokenizer = getattr(self.preprocessor, "tokenizer", None)
-        export_to_transformers(self.backbone, path, tokenizer=tokenizer)
+        preset_io.export_to_transformers(self.backbone, path, tokenizer=tokenizer)
 
     # `.keras` files ----------------------------------------------------------
 

@@ -7,7 +7,13 @@ same weights, or null) and `config` (the backbone config, so that
 `from_preset(name, load_weights=False)` needs no download).
 
 The folder is `presets/` at the top of the repository and is shipped inside
-the wheel as `gpt2_lib/_presets`.
+the wheel as `gpt2_lib/_presets`. This module is plain data access (no Keras,
+no other gpt2_lib module), so that listing the presets is fast.
+
+Example:
+>>> metadata = get_preset("gpt2_tiny_shakespeare_en")
+>>> metadata["class_name"], metadata["params"]
+('GPT2Backbone', 2262336)
 """
 
 import difflib
@@ -81,23 +87,3 @@ def unknown_name_message(name):
         f"directory, and not a 'kaggle://' or 'hf://' handle.{hint} Built-in "
         f"presets: {', '.join(names)}."
     )
-
-
-def presets_for_class(cls):
-    """`{name: metadata}` of built-in presets that `cls` can load.
-
-    A preset matches when its backbone class is `cls` or a subclass of it
-    (so `Backbone.presets` lists every preset), or when `cls` is a task or
-    preprocessor whose `backbone_cls` is that class.
-    """
-    from gpt2_lib.preset_io.keras_format import our_class
-
-    target = getattr(cls, "backbone_cls", None) or cls
-    result = {}
-    for name, metadata in all_presets().items():
-        preset_cls = our_class(metadata["class_name"])
-        if preset_cls is None:
-            continue
-        if isinstance(target, type) and issubclass(preset_cls, target):
-            result[name] = dict(metadata)
-    return result

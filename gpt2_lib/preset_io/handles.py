@@ -7,7 +7,9 @@ A preset is one of:
   `kagglehub` (and its cache, `KAGGLEHUB_CACHE`);
 - `hf://{owner}/{repo}[@revision]`, fetched with `huggingface_hub` (and its
   cache, `HF_HUB_CACHE`, `HF_HUB_OFFLINE`, `HF_ENDPOINT`);
-- an existing local directory, used as is.
+- an existing local directory (`~` expanded), used as is, after
+  recovering what an interrupted save left beside it
+  (`gpt2_lib.utils.atomic.recover_directory`).
 
 Everything downstream works on a local directory, so each file of a preset
 is read with `preset_file()`, which refuses paths that escape the directory.
@@ -15,6 +17,9 @@ is read with `preset_file()`, which refuses paths that escape the directory.
 
 import os
 import re
+
+from gpt2_lib.preset_io import builtin
+from gpt2_lib.utils.atomic import recover_directory
 
 KAGGLE_PREFIX = "kaggle://"
 HF_PREFIX = "hf://"
@@ -46,23 +51,34 @@ def resolve_preset(preset):
 
     Args:
         preset: a built-in preset name, a `kaggle://` or `hf://` handle, or
-            a local directory.
+            a local directory (a string or `os.PathLike`; `~` is expanded).
 
     Returns:
         The path of a local directory.
 
+    Raises:
+        TypeError: `preset` is not a string or path.
+        ValueError: an empty string, a malformed handle, an unknown name.
+        FileNotFoundError: a local directory that does not exist.
+
     Example:
-    ```python
-    resolve_preset("./my_preset")  # "./my_preset"
-    ```
+    >>> path = resolve_preset("gpt2_tiny_shakespeare_en")  # shipped, offline
+    >>> os.path.basename(path)
+    'gpt2_tiny_shakespeare_en'
     """
     if isinstance(preset, os.PathLike):
         preset = os.fspath(preset)
-    if not isinstance(preset, str) or not preset:
+    if not isinstance(preset, str):
         raise TypeError(
             "`preset` must be a non-empty string: a built-in name, a "
             "'kaggle://' or 'hf://' handle, or a local directory. Received: "
-            f"preset={preset!r}."
+            f"preset={preset!r} of type {type(preset).__name__}."
+        )
+    if not preset.strip():
+        raise ValueError(
+            "`preset` must be a non-empty string: a built-in name (e.g. "
+            "'gpt2_tiny_shakespeare_en'), a 'kaggle://' or 'hf://' handle, or a "
+            f"local directory. Received: preset={preset!r}."
         )
     if preset.startswith(KAGGLE_PREFIX):
         return _download_kaggle(preset)
@@ -75,22 +91,22 @@ def resolve_preset(preset):
             "Use a built-in name, 'kaggle://owner/model/keras/variant[/version]', "
             "'hf://owner/repo' or a local directory."
         )
-    if os.path.isdir(preset):
-        return preset
-    if os.path.exists(preset):
+    local = os.path.expanduser(preset)
+    looks_like_path = os.sep in preset or preset.startswith((".", "~"))
+    if os.path.isdir(local) or looks_like_path or not builtin.get_preset(preset):
+        # Finish or clean up an interrupted save of this directory (warns).
+        recover_directory(local)
+    if os.path.isdir(local):
+        return local
+    if os.path.exists(local):
         raise ValueError(
             f"preset={preset!r} is a file; a preset is a directory (holding "
             "config.json). Pass the directory that contains it."
         )
-    from gpt2_lib.preset_io import builtin
-
     metadata = builtin.get_preset(preset)
     if metadata is None:
-        looks_like_path = os.sep in preset or preset.startswith(".")
         if looks_like_path:
-            raise FileNotFoundError(
-                f"Preset directory {preset!r} does not exist."
-            )
+            raise FileNotFoundError(f"Preset directory {preset!r} does not exist.")
         raise ValueError(builtin.unknown_name_message(preset))
     if metadata.get("path"):
         return builtin.embedded_preset_dir(preset)

@@ -65,7 +65,7 @@ def test_each_preset_count(name):
 
 
 def test_unrelated_class_is_an_error():
-    from tests.preset_io.test_keras_format import OtherBackbone
+    from tests.preset_io.test_keras_hub import OtherBackbone
 
     assert OtherBackbone.presets == {}
     with pytest.raises(ValueError, match="holds a GPT2Backbone backbone, which is not a OtherBackbone"):

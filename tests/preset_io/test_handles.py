@@ -12,6 +12,8 @@ from tests.preset_io.helpers import KH_BACKBONE
 from tests.preset_io.helpers import assert_close_on_mask
 from tests.preset_io.helpers import run_backbone
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 
 def _populate_kaggle_cache(cache, variant, version=3):
     base = cache / "models" / "keras" / "gpt2" / "keras" / variant
@@ -77,7 +79,8 @@ def test_hf_handle_through_offline_cache(tmp_path, monkeypatch):
         ("hf://a/b/c", ValueError, "Malformed Hugging Face handle"),
         ("s3://bucket/preset", ValueError, "Unsupported preset scheme 's3://'"),
         ("./does/not/exist", FileNotFoundError, "does not exist"),
-        ("", TypeError, "non-empty string"),
+        ("", ValueError, "non-empty string"),
+        ("  ", ValueError, "non-empty string"),
         (None, TypeError, "non-empty string"),
     ],
 )
@@ -112,14 +115,9 @@ def test_hf_offline_env_with_loopback_endpoint(tmp_path):
     random_transformers_gpt2(vocab_size=50, n_positions=16, n_embd=32, n_layer=1, n_head=4).save_pretrained(tmp_path / "src")
     _populate_hf_cache(tmp_path / "hub", "owner/tiny", tmp_path / "src")
     env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", HF_ENDPOINT="http://127.0.0.1:9")
-    # handles.py is loaded by path: the check is about huggingface_hub reading
-    # the environment, not worth importing Keras for.
-    code = (
-        "import importlib.util as u;"
-        f"s = u.spec_from_file_location('handles', {handles.__file__!r});"
-        "m = u.module_from_spec(s); s.loader.exec_module(m);"
-        "print(m.resolve_preset('hf://owner/tiny'))"
+    code = "from gpt2_lib.preset_io.handles import resolve_preset; print(resolve_preset('hf://owner/tiny'))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300
     )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("snapshots/0123456789abcdef0123456789abcdef01234567")

@@ -32,9 +32,13 @@ def test_keras_hub_task_preset_loads_with_equal_logits():
 def test_preprocessor_from_json_and_from_defaults():
     preprocessor = GPT2CausalLMPreprocessor.from_preset(KH_CAUSAL_LM)
     assert preprocessor.sequence_length == 8
-    # A backbone-only preset has no preprocessor.json: class defaults + tokenizer.
+    # A backbone-only preset has no preprocessor.json: class defaults + tokenizer,
+    # except that the default sequence_length (1024) is lowered to what the
+    # backbone can run (max_sequence_length=16 in this fixture).
     default = GPT2CausalLMPreprocessor.from_preset(KH_BACKBONE)
-    assert default.sequence_length == GPT2CausalLMPreprocessor(tokenizer=default.tokenizer).sequence_length
+    assert GPT2CausalLMPreprocessor(tokenizer=default.tokenizer).sequence_length == 1024
+    assert default.sequence_length == 16
+    assert GPT2CausalLMPreprocessor.from_preset(KH_BACKBONE, sequence_length=32).sequence_length == 32
     assert default.tokenizer("the hat") == preprocessor.tokenizer("the hat")
 
 

@@ -12,7 +12,7 @@ import pytest
 import gpt2_lib
 from gpt2_lib.models import Backbone
 from gpt2_lib.models import GPT2Backbone
-from gpt2_lib.preset_io import keras_format
+from gpt2_lib.preset_io import keras_hub_weights
 from tests.preset_io.helpers import KH_BACKBONE
 from tests.preset_io.helpers import KH_SHARDED
 from tests.preset_io.helpers import SAVED_BY_US
@@ -181,14 +181,14 @@ def test_save_is_atomic(tmp_path, monkeypatch):
     before = {name: (target / name).read_bytes() for name in ("config.json", "model.weights.h5")}
 
     calls = []
-    original = keras_format._write_h5
+    original = keras_hub_weights._write_h5
 
     def failing_write(filepath, model, pairs):
         calls.append(filepath)
         original(filepath, model, pairs[: len(pairs) // 2])  # half written...
         raise KeyboardInterrupt("injected failure mid-save")
 
-    monkeypatch.setattr(keras_format, "_write_h5", failing_write)
+    monkeypatch.setattr(keras_hub_weights, "_write_h5", failing_write)
     other = tiny_backbone(seed=1, hidden_dim=16)
     with pytest.raises(KeyboardInterrupt):
         other.save_to_preset(target)
@@ -233,3 +233,28 @@ def test_keras_hub_metadata_written(tmp_path):
     metadata = json.load(open(tmp_path / "p" / "metadata.json"))
     assert metadata["parameter_count"] == backbone.count_params()
     assert metadata["keras_version"] == keras.version()
+
+
+def test_quantized_layers_use_keras_hub_layout_without_special_cases(tmp_path):
+    from gpt2_lib.preset_io import keras_hub_weights
+
+    source = tiny_backbone()
+    source.quantize("int8")
+    keras_hub_weights.save_backbone_weights(source, str(tmp_path))
+    with h5py.File(tmp_path / "model.weights.h5") as f:
+        query = f["layers/transformer_decoder_1/_self_attention_layer/query_dense/vars"]
+        assert sorted(query) == ["0", "1", "2"]  # kernel, bias, kernel_scale
+        assert query["0"].dtype == np.int8 and query["2"].dtype == np.float32
+        assert f["layers/reversible_embedding/vars/0"].dtype == np.int8
+    target = tiny_backbone(seed=3)
+    target.quantize("int8")
+    keras_hub_weights.load_backbone_weights(target, str(tmp_path))
+    for expected, actual in zip(weights_of(source), weights_of(target)):
+        np.testing.assert_array_equal(actual, expected)
+    tokens = np.array([[1, 2, 3, 4]])
+    np.testing.assert_array_equal(
+        run_backbone(target, tokens, np.ones_like(tokens)), run_backbone(source, tokens, np.ones_like(tokens))
+    )
+    # Integer data never loads into a float variable.
+    with pytest.raises(ValueError, match=r"reversible_embedding/vars/0.*dtype int8.*float32.*quantized"):
+        keras_hub_weights.load_backbone_weights(tiny_backbone(), str(tmp_path))
