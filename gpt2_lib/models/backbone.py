@@ -4,6 +4,7 @@ import keras
 
 from gpt2_lib import preset_io
 from gpt2_lib.models import lora
+from gpt2_lib.models import lora_file
 from gpt2_lib.utils.classproperty import classproperty
 
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16", "mixed_bfloat16", "mixed_float16")
@@ -152,24 +153,16 @@ class Backbone(keras.Model):
             alpha: float, the adapters are scaled by `alpha / rank`;
                 defaults to `rank` (scale 1, as in Keras).
         """
-        from gpt2_lib.models import lora
-
         lora.enable_lora(self, rank, target_layer_names=target_layer_names, alpha=alpha)
 
     def save_lora_weights(self, filepath):
         """Save only the LoRA adapters (and their rank, alpha and targets)."""
-        from gpt2_lib.models import lora
-
-        lora.save_lora_weights(self, filepath)
+        lora_file.save_lora_weights(self, filepath)
 
     def load_lora_weights(self, filepath):
         """Load adapters saved by `save_lora_weights`, enabling LoRA if needed."""
-        from gpt2_lib.models import lora
-
-        lora.load_lora_weights(self, filepath)
+        lora_file.load_lora_weights(self, filepath)
 
     def merge_lora_weights(self):
         """Fold the adapters into the base kernels and remove them."""
-        from gpt2_lib.models import lora
-
         lora.merge_lora_weights(self)
