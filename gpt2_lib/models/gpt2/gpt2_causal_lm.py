@@ -108,16 +108,20 @@ class GPT2CausalLM(CausalLM):
         hidden_states, cache = self.backbone.call_with_cache(
             token_ids, padding_mask, cache, cache_update_index, blocks=blocks
         )
-        logits = self.backbone.token_embedding(hidden_states, reverse=True)
+        if blocks is not None:
+            logits = blocks.logits(hidden_states)
+        else:
+            logits = self.backbone.token_embedding(hidden_states, reverse=True)
         return logits, hidden_states, cache
 
     def generation_blocks(self):
         """The blocks' fast path for one generation, or None for the Keras layers.
 
         On torch (when `gpt2_lib.backends.torch_gpt2.supports` the model) a
-        `TorchBlocks` holding the weights read once for this generation.
+        `TorchBlocks` holding the weights read once for this generation,
+        which also computes the LM head (`blocks.logits`).
         """
-        if torch_gpt2.supports(self.backbone):
+        if torch_gpt2.supports(self.backbone, generation=True):
             return torch_gpt2.TorchBlocks(self.backbone, for_generation=True)
         return None
 
