@@ -100,6 +100,7 @@ def get(identifier):
             sampler instance, or None.
 
     Example:
+    >>> import gpt2_lib
     >>> gpt2_lib.samplers.get("greedy")
     <gpt2_lib.samplers.greedy_sampler.GreedySampler object at ...>
     >>> gpt2_lib.samplers.get({
