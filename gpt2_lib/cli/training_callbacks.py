@@ -202,7 +202,8 @@ class FinetuneMonitor(keras.callbacks.Callback):
                 self.display.line(
                     f"validation at step {step}: loss {loss:.4f}, perplexity {perplexity(loss):.2f}"
                 )
-        stop = self.signals.received is not None
+        # A signal during the last step: training is complete, finish normally.
+        stop = self.signals.received is not None and not last
         if self.checkpoint is not None and not last and (
             stop or end_of_epoch or step % self.save_every == 0
         ):
