@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import math
 import os
 import signal
 import time
@@ -132,7 +133,7 @@ def test_lora_run_improves_perplexity_and_its_adapters_reproduce_it(lora_run, sh
     assert json.loads(with_lora.stdout)["perplexity"] == pytest.approx(after, rel=1e-3)
 
 
-def test_max_steps_counts_total_steps_across_epochs(tmp_path, text_file):
+def test_max_steps_counts_total_steps_across_epochs(tmp_path, text_file, shipped_lm):
     """--max-steps overrides --epochs (Transformers' Trainer); adapters-only output."""
     output = str(tmp_path / "shakespeare.lora.h5")
     result = run_cli("finetune", "--data", text_file, "--lora-rank", "2", "--output", output,
@@ -141,6 +142,11 @@ def test_max_steps_counts_total_steps_across_epochs(tmp_path, text_file):
     assert os.path.isfile(output) and os.path.getsize(output) < 200_000
     rows = read_csv(str(tmp_path / "shakespeare.metrics.csv"))
     assert int(rows[-1]["step"]) == 9 and float(rows[-1]["epoch"]) > 1  # 9 steps > one epoch
+    # Tokens count real (input, label) pairs, not the padding of the last window.
+    ids = len(shipped_lm.preprocessor.tokenizer.tokenize(TEXT)) + 1  # + <|endoftext|>
+    steps_per_epoch = math.ceil(math.ceil((ids - 1) / 32) / 4)
+    row = next(r for r in rows if int(r["step"]) == steps_per_epoch)
+    assert int(row["tokens"]) == ids - 1
     assert "done: 9 steps" in result.stdout
     assert sorted(os.listdir(tmp_path)) == sorted(
         ["my.txt", "shakespeare.lora.h5", "shakespeare.metrics.csv", "shakespeare.metrics.json"]
