@@ -163,25 +163,25 @@ def _generate_parser(commands):
     generate.add_argument("--input-field", metavar="NAME",
                           help="--input is JSON Lines; the prompt is each object's NAME field")
     _add_model_arguments(generate, "preset name, handle or directory")
-    generate.add_argument("--max-length", type=max_length, default=128,
+    generate.add_argument("--max-length", type=max_length, default=128, metavar="TOKENS",
                           help="total length in tokens, prompt included (default: 128)")
     generate.add_argument("--sampler", choices=SAMPLERS, default=None,
                           help="decoding strategy (default: top_k; implied by --top-k, --top-p "
                           "and --num-beams). Each name means what `compile(sampler=NAME)` means: "
                           "top_k is k=5 and top_p is p=0.1, as in KerasHub")
-    generate.add_argument("--top-k", type=positive_int, default=None,
+    generate.add_argument("--top-k", type=positive_int, default=None, metavar="K",
                           help="top-k sampling among the K most likely tokens (Transformers' "
                           "default is 50)")
-    generate.add_argument("--top-p", type=probability, default=None,
+    generate.add_argument("--top-p", type=probability, default=None, metavar="P",
                           help="nucleus sampling: the smallest set of tokens with probability >= P")
-    generate.add_argument("--num-beams", type=positive_int, default=None,
+    generate.add_argument("--num-beams", type=positive_int, default=None, metavar="N",
                           help="beam search with N beams (never streams)")
-    generate.add_argument("--temperature", type=positive_float, default=None,
+    generate.add_argument("--temperature", type=positive_float, default=None, metavar="T",
                           help="divide the logits by T before sampling (default: 1.0; not "
                           "accepted with greedy search, which it cannot change)")
     generate.add_argument("--seed", type=_int, default=None,
                           help="seed for reproducible sampling (no effect on greedy/beam)")
-    generate.add_argument("--batch-size", type=positive_int, default=8,
+    generate.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                           help="prompts generated together (default: 8)")
     generate.add_argument("--json", action="store_true",
                           help="print one JSON object per prompt: prompt, text, completion, "
@@ -219,17 +219,18 @@ def _finetune_parser(commands):
                           "'.lora.h5' (with --lora-rank) saves only the adapters")
     finetune.add_argument("--overwrite", action="store_true",
                           help="replace --output if it exists")
-    finetune.add_argument("--lora-rank", type=positive_int, default=None,
+    finetune.add_argument("--lora-rank", type=positive_int, default=None, metavar="R",
                           help="train rank-R LoRA adapters instead of all weights")
-    finetune.add_argument("--epochs", type=positive_int, default=1,
+    finetune.add_argument("--epochs", type=positive_int, default=1, metavar="N",
                           help="passes over the data (default: 1)")
-    finetune.add_argument("--max-steps", type=positive_int, default=None,
+    finetune.add_argument("--max-steps", type=positive_int, default=None, metavar="STEPS",
                           help="total training steps; overrides --epochs (as in Transformers' "
                           "Trainer)")
-    finetune.add_argument("--batch-size", type=positive_int, default=4, help="(default: 4)")
-    finetune.add_argument("--sequence-length", type=max_length, default=128,
+    finetune.add_argument("--batch-size", type=positive_int, default=4, metavar="N",
+                          help="windows per step (default: 4)")
+    finetune.add_argument("--sequence-length", type=max_length, default=128, metavar="TOKENS",
                           help="tokens per training window (default: 128)")
-    finetune.add_argument("--learning-rate", type=positive_float, default=None,
+    finetune.add_argument("--learning-rate", type=positive_float, default=None, metavar="LR",
                           help="AdamW learning rate (default: 5e-5 full, 1e-3 LoRA); the rest "
                           "of the optimizer is compile()'s default")
     finetune.add_argument("--save-every", type=positive_int, default=200, metavar="STEPS",
@@ -241,7 +242,8 @@ def _finetune_parser(commands):
                           help="a metrics row (and a progress line when the output is not a "
                           "terminal) every STEPS steps (default: 10)")
     finetune.add_argument("--tensorboard", metavar="DIR", default=None,
-                          help="also write TensorBoard logs to DIR (needs TensorFlow)")
+                          help="also write TensorBoard logs to DIR (needs TensorFlow and TensorBoard: the "
+                          "[tensorboard] extra)")
     finetune.add_argument("--resume", action="store_true",
                           help="continue from the checkpoint an interrupted run left in "
                           "OUTPUT.checkpoint")
@@ -257,9 +259,10 @@ def _perplexity_parser(commands):
     _add_backend(perplexity, argparse.SUPPRESS)
     perplexity.add_argument("data", help="UTF-8 text file")
     _add_model_arguments(perplexity, "preset name, handle or directory")
-    perplexity.add_argument("--sequence-length", type=max_length, default=None,
+    perplexity.add_argument("--sequence-length", type=max_length, default=None, metavar="TOKENS",
                             help="window length in tokens (default: the preprocessor's)")
-    perplexity.add_argument("--batch-size", type=positive_int, default=8, help="(default: 8)")
+    perplexity.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                            help="windows per forward pass (default: 8)")
     perplexity.add_argument("--json", action="store_true", help="print one JSON object")
     return perplexity
 
