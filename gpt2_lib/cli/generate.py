@@ -33,9 +33,9 @@ def make_sampler(args):
 
 
 def _check_against_model(args, lm, prompts):
-    """Checks that need the model: lengths and vocabulary size."""
+    """Checks that need the model; returns each prompt's token count."""
     limit = lm.backbone.max_sequence_length
-    if args.max_length > limit:
+    if args.max_length is not None and args.max_length > limit:
         raise CLIError(
             f"argument --max-length: {args.max_length} is longer than the model's "
             f"max_sequence_length={limit}; pass --max-length {limit} or less."
@@ -50,14 +50,20 @@ def _check_against_model(args, lm, prompts):
     counts = []
     for source, prompt in prompts:
         count = len(tokenizer.tokenize(prompt))
-        if count + start >= args.max_length:
+        if args.max_new_tokens is not None and count + start + args.max_new_tokens > limit:
+            raise CLIError(
+                f"the prompt of {source} has {count} tokens; with --max-new-tokens "
+                f"{args.max_new_tokens} it needs {count + start + args.max_new_tokens} positions, "
+                f"more than the model's max_sequence_length={limit}."
+            )
+        if args.max_new_tokens is None and count + start >= args.max_length:
             raise CLIError(
                 f"the prompt of {source} has {count} tokens, which leaves no room to generate "
                 f"within --max-length {args.max_length}; pass a larger --max-length "
                 f"(up to {limit}) or a shorter prompt."
             )
         counts.append(count)
-    return counts
+    return counts, start
 
 
 def _stream(lm, prompt, max_length):
@@ -67,11 +73,12 @@ def _stream(lm, prompt, max_length):
     print(flush=True)
 
 
-def _generate_batch(lm, prompts, batch_size, max_length):
+def _generate_batch(lm, prompts, batch_size, max_length, max_new_tokens=None):
     """Generate for `prompts` as one batch of `batch_size` rows.
 
     A short last batch is filled with copies of its last prompt, so that
-    every batch has the same shape and reuses the compiled function.
+    every batch has the same shape and reuses the compiled function. With
+    `max_new_tokens`, each row keeps at most that many new tokens.
 
     Returns:
         `(texts, completions, new_token_counts, seconds)` for `prompts`.
@@ -83,11 +90,15 @@ def _generate_batch(lm, prompts, batch_size, max_length):
     outputs = lm.generate(inputs)
     seconds = time.perf_counter() - start
     prompt_mask = inputs["padding_mask"].astype(bool)
-    output_mask = np.asarray(outputs["padding_mask"]).astype(bool)
-    new_mask = output_mask & ~prompt_mask
-    texts = lm.preprocessor.generate_postprocess(outputs)
+    new_mask = np.asarray(outputs["padding_mask"]).astype(bool) & ~prompt_mask
+    if max_new_tokens is not None:
+        new_mask &= np.cumsum(new_mask, axis=1) <= max_new_tokens
+    token_ids = outputs["token_ids"]
+    texts = lm.preprocessor.generate_postprocess(
+        {"token_ids": token_ids, "padding_mask": prompt_mask | new_mask}
+    )
     completions = lm.preprocessor.generate_postprocess(
-        {"token_ids": outputs["token_ids"], "padding_mask": new_mask}
+        {"token_ids": token_ids, "padding_mask": new_mask}
     )
     n = len(prompts)
     return list(texts)[:n], list(completions)[:n], new_mask.sum(axis=1)[:n].tolist(), seconds
@@ -99,20 +110,24 @@ def run(args):
     if args.seed is not None:
         seed_everything(args.seed)
     lm = load_causal_lm(args.preset, dtype=args.dtype, lora=args.lora)
-    prompt_tokens = _check_against_model(args, lm, prompts)
+    prompt_tokens, start_tokens = _check_against_model(args, lm, prompts)
     lm.compile(sampler=sampler)
     stream = (
         len(prompts) == 1 and args.sampler != "beam" and not args.no_stream and not args.json
     )
     if stream:
-        _stream(lm, prompts[0][1], args.max_length)
+        _stream(lm, prompts[0][1], args.max_length or prompt_tokens[0] + start_tokens + args.max_new_tokens)
         return
     batch_size = min(args.batch_size, len(prompts))
     first = True
     for start in range(0, len(prompts), batch_size):
         batch = [prompt for _, prompt in prompts[start : start + batch_size]]
+        max_length = args.max_length
+        if max_length is None:  # --max-new-tokens: room for the longest prompt of the batch
+            longest = max(prompt_tokens[start : start + batch_size])
+            max_length = longest + start_tokens + args.max_new_tokens
         texts, completions, new_tokens, seconds = _generate_batch(
-            lm, batch, batch_size, args.max_length
+            lm, batch, batch_size, max_length, args.max_new_tokens
         )
         for i, (prompt, text, completion, count) in enumerate(
             zip(batch, texts, completions, new_tokens)

@@ -163,8 +163,12 @@ def _generate_parser(commands):
     generate.add_argument("--input-field", metavar="NAME",
                           help="--input is JSON Lines; the prompt is each object's NAME field")
     _add_model_arguments(generate, "preset name, handle or directory")
-    generate.add_argument("--max-length", type=max_length, default=128, metavar="TOKENS",
-                          help="total length in tokens, prompt included (default: 128)")
+    length = generate.add_mutually_exclusive_group()
+    length.add_argument("--max-length", type=max_length, default=None, metavar="TOKENS",
+                        help="total length in tokens, prompt (and start token) included, as "
+                        "KerasHub's max_length (default: 128)")
+    length.add_argument("--max-new-tokens", type=positive_int, default=None, metavar="N",
+                        help="at most N new tokens per prompt, as Transformers' max_new_tokens")
     generate.add_argument("--sampler", choices=SAMPLERS, default=None,
                           help="decoding strategy (default: top_k; implied by --top-k, --top-p "
                           "and --num-beams). Each name means what `compile(sampler=NAME)` means: "
@@ -300,6 +304,8 @@ def check_args(parser, args):
 
 
 def _check_generate(args):
+    if args.max_length is None and args.max_new_tokens is None:
+        args.max_length = 128
     if args.input is None and not args.prompts:
         return "give at least one PROMPT, or --input FILE (- for stdin)"
     if args.input_field is not None and args.input is None:

@@ -154,3 +154,18 @@ def test_prompt_too_long_names_its_line(tmp_path):
     path = write(tmp_path / "p.txt", "short\n" + "word " * 300 + "\n")
     result = run_cli("generate", "--input", path, "--max-length", "64")
     assert_user_error(result, "p.txt line 2", "--max-length 64")
+
+
+def test_max_new_tokens_counts_new_tokens_per_prompt(shipped_lm):
+    prompts = ["ROMEO.", "A much longer prompt of several words here"]
+    result = run_cli("generate", *prompts, "--max-new-tokens", "5", "--sampler", "greedy",
+                     "--json")
+    assert result.returncode == 0, result.stderr
+    shipped_lm.compile(sampler="greedy")
+    for line, prompt in zip(result.stdout.splitlines(), prompts):
+        record = json.loads(line)
+        assert record["completion_tokens"] == 5
+        alone = 1 + record["prompt_tokens"] + 5  # start token + prompt + 5 new
+        assert record["text"] == shipped_lm.generate(prompt, max_length=alone)
+    streamed = run_cli("generate", prompts[0], "--max-new-tokens", "5", "--sampler", "greedy")
+    assert streamed.stdout == json.loads(result.stdout.splitlines()[0])["text"] + "\n"
