@@ -209,7 +209,7 @@ def run(args):
     monitor = FinetuneMonitor(
         batches, record, checkpoint, signals, validate, display,
         save_every=args.save_every, eval_every=args.eval_every, log_every=args.log_every,
-        extra_record=lambda: {"val_before": val_before},
+        extra_record=lambda: {"val_before": val_before}, resumed=saved,
     )
     callbacks = [monitor]
     if args.tensorboard is not None:

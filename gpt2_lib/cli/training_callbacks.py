@@ -130,10 +130,12 @@ class FinetuneMonitor(keras.callbacks.Callback):
         save_every, eval_every, log_every: step intervals (eval_every None:
             validation at epoch ends only).
         extra_record: function returning extra JSON for the checkpoint.
+        resumed: what the checkpoint recorded before (`tokens`, `seconds`), so
+            the metrics' `tokens` and `elapsed_seconds` continue across a resume.
     """
 
     def __init__(self, batches, record, checkpoint, signals, validate, display,
-                 save_every, eval_every, log_every, extra_record):
+                 save_every, eval_every, log_every, extra_record, resumed=None):
         super().__init__()
         self.batches = batches
         self.record = record
@@ -147,8 +149,11 @@ class FinetuneMonitor(keras.callbacks.Callback):
         self.extra_record = extra_record
         self.step = batches.start_step
         self.stopped_by = None
-        self.tokens = 0
+        self.tokens = 0  # real tokens trained on in this run
         self.eval_seconds = 0.0
+        resumed = resumed or {}
+        self.tokens_before = int(resumed.get("tokens", 0))
+        self.seconds_before = float(resumed.get("seconds", 0.0))
 
     def on_train_begin(self, logs=None):
         self._start = time.perf_counter()
@@ -185,8 +190,9 @@ class FinetuneMonitor(keras.callbacks.Callback):
         last = step == self.batches.total_steps
         if step % self.log_every == 0 or end_of_epoch or last:
             self.record.add(
-                step, epoch=round(epoch, 4), train_loss=interval_loss, tokens=self.tokens,
-                elapsed_seconds=round(self.elapsed(), 2),
+                step, epoch=round(epoch, 4), train_loss=interval_loss,
+                tokens=self.tokens_before + self.tokens,
+                elapsed_seconds=round(self.seconds_before + self.elapsed(), 2),
                 learning_rate=float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)),
             )
             self._last = (self._rows, self._loss_sum)
@@ -220,7 +226,12 @@ class FinetuneMonitor(keras.callbacks.Callback):
             self.eval_seconds += time.perf_counter() - start
 
     def save_checkpoint(self, model, step):
-        record = {"rows": self.record.rows, "tokens": self.tokens, **self.extra_record()}
+        record = {
+            "rows": self.record.rows,
+            "tokens": self.tokens_before + self.tokens,
+            "seconds": self.seconds_before + self.elapsed(),
+            **self.extra_record(),
+        }
         self.checkpoint.save(model, step, record)
         self.checkpoint.write_file("metrics.csv", self.record.csv_text())
 

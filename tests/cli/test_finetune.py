@@ -221,6 +221,8 @@ def test_interrupt_stops_promptly_checkpoints_and_resumes_at_the_step(tmp_path):
     assert not os.path.exists(output + ".checkpoint")
     rows = read_csv(os.path.join(output, "metrics.csv"))
     assert [int(r["step"]) for r in rows] == list(range(1, 121))  # continued, not restarted
+    tokens = [int(r["tokens"]) for r in rows]
+    assert tokens == sorted(tokens) and tokens[stopped_at] > tokens[stopped_at - 1]
 
     straight = str(tmp_path / "straight")
     uninterrupted = run_cli(*common, "--output", straight)
