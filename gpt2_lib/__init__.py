@@ -1,9 +1,35 @@
-"""gpt2_lib: GPT-2 for Keras 3 on JAX, PyTorch and TensorFlow."""
+"""gpt2_lib: GPT-2 for Keras 3 on JAX, PyTorch and TensorFlow.
 
-from gpt2_lib import layers
-from gpt2_lib import models
-from gpt2_lib import optimizers
-from gpt2_lib import samplers
-from gpt2_lib import tokenizers
+The subpackages (`layers`, `models`, `optimizers`, `samplers`,
+`tokenizers`) are imported on first access (PEP 562), so that
+`import gpt2_lib` (and the `gpt2-lib` command's `--help`) imports no Keras:
+Keras picks its backend when it is first imported, and the command sets it
+from `--backend` first.
+
+Example:
+>>> import gpt2_lib
+>>> gpt2_lib.__version__
+'0.1.0'
+>>> type(gpt2_lib.samplers.get("greedy")).__name__
+'GreedySampler'
+"""
+
+import importlib
 
 __version__ = "0.1.0"
+
+_SUBPACKAGES = ("layers", "models", "optimizers", "samplers", "tokenizers")
+
+__all__ = ["__version__", *_SUBPACKAGES]
+
+
+def __getattr__(name):
+    if name in _SUBPACKAGES:
+        module = importlib.import_module(f"{__name__}.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_SUBPACKAGES))

@@ -1,0 +1,19 @@
+"""Fixtures of the `gpt2-lib` tests (helpers in `tests/cli/helpers.py`)."""
+
+import pytest
+
+from tests.cli.helpers import PRESET
+from tests.cli.helpers import TEXT
+from tests.cli.helpers import write
+
+
+@pytest.fixture(scope="session")
+def shipped_lm():
+    from gpt2_lib.models import GPT2CausalLM
+
+    return GPT2CausalLM.from_preset(PRESET)
+
+
+@pytest.fixture
+def text_file(tmp_path):
+    return write(tmp_path / "my.txt", TEXT)
