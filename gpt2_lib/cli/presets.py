@@ -1,38 +1,12 @@
 """`gpt2-lib presets`: the built-in presets, read from their metadata files.
 
-This command imports no Keras (it needs no backend): it reads the same
-`presets/*.json` metadata files `gpt2_lib.preset_io.builtin` reads (shipped
-in the wheel as `gpt2_lib/_presets`), without importing `gpt2_lib.preset_io`
-(whose package imports Keras).
+This command imports no Keras (it needs no backend): the metadata reader,
+`gpt2_lib.utils.builtin_presets`, is plain data access.
 """
 
 import json
-import os
 
-_PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CANDIDATE_DIRS = (
-    os.path.join(_PACKAGE, "_presets"),  # installed wheel
-    os.path.join(os.path.dirname(_PACKAGE), "presets"),  # source tree
-)
-
-
-def builtin_presets():
-    """`{name: metadata}` of the built-in presets, sorted by name."""
-    for directory in _CANDIDATE_DIRS:
-        if os.path.isdir(directory):
-            break
-    else:
-        raise FileNotFoundError(
-            f"the built-in preset metadata folder is missing (looked in {list(_CANDIDATE_DIRS)}); "
-            "reinstall gpt2_lib."
-        )
-    presets = {}
-    for filename in sorted(os.listdir(directory)):
-        if filename.endswith(".json"):
-            with open(os.path.join(directory, filename), encoding="utf-8") as f:
-                metadata = json.load(f)
-            presets[metadata["name"]] = metadata
-    return dict(sorted(presets.items()))
+from gpt2_lib.utils.builtin_presets import all_presets
 
 
 def _source(meta):
@@ -43,7 +17,7 @@ def _source(meta):
 
 
 def run(args):
-    presets = builtin_presets()
+    presets = all_presets()
     if args.json:
         for name, meta in presets.items():
             print(json.dumps({

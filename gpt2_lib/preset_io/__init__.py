@@ -18,7 +18,7 @@ The package is generic: classes are found through Keras' registry
 | module | job |
 | --- | --- |
 | `handles` | a name, `kaggle://`, `hf://` or directory -> a local directory; `preset_file` containment |
-| `builtin` | built-in preset metadata (`presets/*.json`) |
+| `builtin` | built-in preset metadata (`presets/*.json`; `gpt2_lib.utils.builtin_presets`, Keras-free) |
 | `registry` | the classes a preset names, via Keras' registry |
 | `keras_hub_config` | KerasHub's config files: read, check, translate, write |
 | `keras_hub_weights` | KerasHub's `model.weights.h5` (and shards) via the weight table |
@@ -38,7 +38,7 @@ Example:
 
 import os
 
-from gpt2_lib.preset_io import builtin
+from gpt2_lib.utils import builtin_presets as builtin
 from gpt2_lib.preset_io.exporter import export_to_transformers
 from gpt2_lib.preset_io.fast_init import skip_weight_init
 from gpt2_lib.preset_io.handles import resolve_preset

@@ -18,7 +18,7 @@ is read with `preset_file()`, which refuses paths that escape the directory.
 import os
 import re
 
-from gpt2_lib.preset_io import builtin
+from gpt2_lib.utils import builtin_presets as builtin
 from gpt2_lib.utils.atomic import recover_directory
 
 KAGGLE_PREFIX = "kaggle://"

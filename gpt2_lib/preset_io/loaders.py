@@ -27,7 +27,7 @@ Example:
 import copy
 import os
 
-from gpt2_lib.preset_io import builtin
+from gpt2_lib.utils import builtin_presets as builtin
 from gpt2_lib.preset_io import keras_hub_config as config_files
 from gpt2_lib.preset_io import keras_hub_weights
 from gpt2_lib.preset_io import registry

@@ -19,7 +19,7 @@ import inspect
 
 import keras
 
-from gpt2_lib.preset_io import builtin
+from gpt2_lib.utils import builtin_presets as builtin
 
 PACKAGE = "gpt2_lib"
 KERAS_HUB = "keras_hub"

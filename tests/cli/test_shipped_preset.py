@@ -41,7 +41,7 @@ def test_loss_does_not_jump_after_position_128(shipped_lm):
 def test_the_preset_card_matches_its_training_record():
     import json
 
-    from gpt2_lib.cli.presets import builtin_presets  # the CLI's reader of presets/*.json
+    from gpt2_lib.utils.builtin_presets import all_presets as builtin_presets  # the CLI's reader of presets/*.json
 
     meta = builtin_presets()["gpt2_tiny_shakespeare_en"]
     preset_dir = os.path.join(os.path.dirname(HELD_OUT), "..", "..", "..", "presets", meta["path"])

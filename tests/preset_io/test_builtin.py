@@ -8,7 +8,7 @@ import pytest
 
 from gpt2_lib.models import Backbone
 from gpt2_lib.models import GPT2Backbone
-from gpt2_lib.preset_io import builtin
+from gpt2_lib.utils import builtin_presets as builtin
 from gpt2_lib.preset_io import skip_weight_init
 
 EXPECTED = {
@@ -87,7 +87,7 @@ def test_presets_ship_in_the_wheel(tmp_path):
     assert install.returncode == 0, install.stderr[-2000:]
     # Load the installed builtin.py by path (importing gpt2_lib would import
     # Keras, slow and beside the point: the check is where the data lies).
-    installed = tmp_path / "site" / "gpt2_lib" / "preset_io" / "builtin.py"
+    installed = tmp_path / "site" / "gpt2_lib" / "utils" / "builtin_presets.py"
     code = (
         "import importlib.util as u;"
         f"s = u.spec_from_file_location('builtin', {str(installed)!r});"
