@@ -266,12 +266,13 @@ def _checked_user_axes(layout, shape, mesh, path, notes):
     return axes
 
 
-def resolve_layouts(backbone, distribution):
+def resolve_layouts(backbone, distribution, warn=True):
     """`[(variable, TensorLayout)]` for every weight table variable of `backbone`.
 
     With a `WeightTableLayoutMap` the rules apply to the real shapes, with
     fallbacks; with another `LayoutMap` its layouts are used, replicating
-    axes that do not divide. Fallbacks are reported in one warning line each.
+    axes that do not divide. Fallbacks are reported in one warning line each
+    (unless `warn=False`).
     """
     layout_map = getattr(distribution, "_layout_map", None)
     if layout_map is None:
@@ -291,7 +292,7 @@ def resolve_layouts(backbone, distribution):
                 axes = _lora_axes(name, kernel_axes)
             elif name in RULES.get(entry.role, {}) or kernel_axes is None:
                 axes, fallback = layout_map.axes_for(entry.role, name, shape)
-                if fallback is not None:
+                if fallback is not None and name in ("kernel", "embeddings"):  # biases follow
                     fallbacks.setdefault(fallback, []).append(entry.path)
             else:
                 axes = _aligned_axes(shape, tuple(kernel.shape), kernel_axes)
@@ -311,13 +312,13 @@ def resolve_layouts(backbone, distribution):
             layout_map._resolved[variable.path] = layout
         model = layout_map.model_parallel_dim_name
         for (dim, size, instead), paths in fallbacks.items():
-            target = f"along {instead}" if instead else "replicated"
+            target = f"sharded along {instead}" if instead else "replicated"
             notes.append(
                 f"{dim}={size} does not split over the {layout_map._model_size()} "
-                f"devices of mesh axis {model!r}; {_describe(paths)} are sharded "
-                f"{target} instead."
+                f"devices of mesh axis {model!r}; {_describe(paths)} are {target} "
+                "instead."
             )
-    for note in notes:
+    for note in notes if warn else ():
         warnings.warn(f"{type(backbone).__name__} layout: {note}", stacklevel=_user_stacklevel())
     return result
 
@@ -372,7 +373,7 @@ def _same_sharding(value, layout):
         return False
 
 
-def apply_layouts(backbone, distribution=None):
+def apply_layouts(backbone, distribution=None, warn=True):
     """Give `backbone`'s weights the layouts `resolve_layouts` finds.
 
     Variables not yet allocated (deferred) just get their layout; allocated
@@ -382,12 +383,14 @@ def apply_layouts(backbone, distribution=None):
     Args:
         backbone: a backbone with a `weight_table()`.
         distribution: the distribution; the active one by default.
+        warn: bool, whether to warn about layout fallbacks (they are warned
+            once, when the backbone is built).
     """
     distribution = dist.current() if distribution is None else distribution
     if distribution is None:
         return
     dist.check_backend(f"lay out the weights of {type(backbone).__name__}", distribution)
-    for variable, layout in resolve_layouts(backbone, distribution):
+    for variable, layout in resolve_layouts(backbone, distribution, warn):
         if getattr(variable, "_value", None) is None:
             variable._layout = layout
         elif not _same_sharding(variable._value, layout):

@@ -323,7 +323,7 @@ class Task(keras.Model):
         dist.check_backend(f"run {type(self).__name__}", distribution)
         if self.backbone is not None and callable(getattr(self.backbone, "weight_table", None)):
             # Adapters or quantized kernels created since the build get their layouts.
-            layouts.apply_layouts(self.backbone, distribution)
+            layouts.apply_layouts(self.backbone, distribution, warn=False)
         return distribution
 
     def _distributed_batches(self, distribution, x, y, sample_weight, batch_size, shuffle, mode):

@@ -1,0 +1,64 @@
+"""A distribution on torch or TensorFlow is a clear error naming JAX.
+
+`keras.distribution` places variables on the JAX backend only; elsewhere
+gpt2_lib refuses a distribution where it would act on it (building or
+loading a model, `fit`/`evaluate`/`predict`) instead of failing deep inside
+Keras. On JAX the same calls work (one device here).
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from gpt2_lib.models import GPT2Backbone
+from gpt2_lib.models import GPT2CausalLM
+
+CONFIG = dict(vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8,
+              intermediate_dim=16, max_sequence_length=8)
+
+
+@pytest.fixture
+def one_device_distribution():
+    distribution = keras.distribution.DataParallel(devices=["cpu:0"])
+    yield distribution
+    keras.distribution.set_distribution(None)
+
+
+@pytest.fixture
+def one_device_model_parallel():
+    mesh = keras.distribution.DeviceMesh((1, 1), ["batch", "model"], devices=["cpu:0"])
+    distribution = keras.distribution.ModelParallel(
+        layout_map=GPT2Backbone.get_layout_map(mesh), batch_dim_name="batch"
+    )
+    yield distribution
+    keras.distribution.set_distribution(None)
+
+
+def test_building_and_loading(one_device_distribution, one_device_model_parallel, tmp_path):
+    GPT2Backbone(**CONFIG).save_to_preset(tmp_path / "preset")
+    for distribution in (one_device_distribution, one_device_model_parallel):
+        keras.distribution.set_distribution(distribution)
+        if keras.config.backend() == "jax":
+            backbone = GPT2Backbone.from_preset(tmp_path / "preset")
+            assert GPT2Backbone(**CONFIG).num_layers == 1
+            assert backbone.weights[0].value.sharding is not None
+            continue
+        message = rf"under {type(distribution).__name__}.*JAX backend only.*{keras.config.backend()}"
+        with pytest.raises(ValueError, match=message):
+            GPT2Backbone(**CONFIG)
+        with pytest.raises(ValueError, match="KERAS_BACKEND=jax"):
+            GPT2Backbone.from_preset(tmp_path / "preset")
+
+
+def test_training_and_inference(one_device_distribution):
+    lm = GPT2CausalLM(GPT2Backbone(**CONFIG))
+    lm.compile(optimizer="sgd")
+    data = {"token_ids": np.ones((3, 6), "int32"), "padding_mask": np.ones((3, 6), bool)}
+    keras.distribution.set_distribution(one_device_distribution)
+    if keras.config.backend() == "jax":
+        lm.fit(data, batch_size=2, verbose=0)
+        assert lm.predict(data, verbose=0).shape == (3, 6, 50)
+        return
+    for call in (lambda: lm.fit(data), lambda: lm.evaluate(data), lambda: lm.predict(data)):
+        with pytest.raises(ValueError, match="Cannot run GPT2CausalLM under DataParallel.*JAX"):
+            call()
