@@ -13,7 +13,7 @@ once, not in every copy of the model.
 | `attention` | torch: Keras' SDPA attention with the causal flag when nothing is padded; JAX/TF: blocked causal attention | `CachedMultiHeadAttention` | 1.1-1.15x forward at 512-1024 tokens |
 | `torch_gpt2` | torch: the decoder blocks as `addmm`s on the weight table, cache written in place | `GPT2Backbone.call`, `GPT2CausalLM.generation_blocks` | ~150 layer calls and the cache copies per step removed |
 | `gradient_barrier` | JAX: the residual gradient materialized once per sub-block | `TransformerDecoder.call` | XLA stops re-fusing it into every later block |
-| `rows` | all (helps XLA): the MLP on `(batch * seq, hidden)` rows | `TransformerDecoder.call` | ~1.13x JAX training step |
+| `dense` | all (helps XLA): the MLP on `(batch * seq, hidden)` rows; JAX/TF: int8 layers as padded int8 products, kernel converted inside the decode loop | `TransformerDecoder.call`, `CachedMultiHeadAttention.call`, `GPT2CausalLM.call_with_cache` | ~1.13x JAX training step; int8 decoding faster than float32 without int32 weight copies |
 | `fused_adam` | torch, TensorFlow: Keras' Adam update in one fused kernel | `gpt2_lib.optimizers.Adam/AdamW.update_step` | ~0.6 s (torch) / ~0.2 s (TF) per GPT-2 base step |
 | `tf_data` | TensorFlow: NumPy data without tf.data autotuning | `Task.fit/evaluate/predict` | no multi-second stall at the end of the call |
 

@@ -10,9 +10,12 @@ than the step's matmuls. `TorchBlocks` computes the same blocks with
 * without a cache (`GPT2Backbone.call`): autograd reaches the variables, so
   training and LoRA (through each layer's `kernel`) go through it too;
 * with a cache (`GPT2CausalLM` generation: prompt chunks and one-token
-  steps): weights are read once per `generate()` call (query, key and value
-  kernels concatenated into one matmul) and the new keys/values are written
-  into the cache in place.
+  steps): weights are read once per `generate()` call and the new
+  keys/values are written into the cache in place. int8-quantized layers
+  (`quantize("int8")`) run as Keras computes them (inputs quantized per row
+  to int8, exact int32 products, rescaled) with `torch._int_mm`: ~2x a
+  float32 GEMV at batch 1, ~7x at batch 8, reading a quarter of the bytes
+  (`benchmarks/NOTES.md`).
 
 The model computes the embeddings, positions and attention mask itself and
 hands them over, so this module holds only the block math. It is the fast
@@ -28,26 +31,31 @@ from keras import ops
 from gpt2_lib.backends.attention import dot_product_attention
 
 
-def is_quantized(model):
-    """True if any layer of `model` is quantized."""
-    return any(
-        getattr(layer, "quantization_mode", None) is not None
+def quantization_modes(model):
+    """The set of quantization modes of `model`'s layers (empty if float)."""
+    return {
+        layer.quantization_mode
         for layer in model._flatten_layers()
-    )
+        if getattr(layer, "quantization_mode", None) is not None
+    }
 
 
-def supports(backbone, token_ids=None, training=False):
+def supports(backbone, token_ids=None, training=False, generation=False):
     """Whether `TorchBlocks(backbone)` computes exactly what the Keras blocks do.
 
     True on the torch backend, for concrete inputs, when dropout is
-    inactive (inference, or `dropout=0`), the weights are stored in the
-    compute dtype (float32, bfloat16 or float16: not a mixed policy) and no
-    layer is quantized. Everything else takes the Keras path.
+    inactive (inference, or `dropout=0`) and the weights are stored in the
+    compute dtype (float32, bfloat16 or float16: not a mixed policy). For
+    generation, int8-quantized layers are supported too (without LoRA on
+    them); other quantization modes, and quantized training, take the Keras
+    path.
 
     Args:
         backbone: a `GPT2Backbone`.
         token_ids: the input ids, or None when there are no inputs to check.
         training: whether the call trains (dropout).
+        generation: whether the blocks serve cached generation
+            (`TorchBlocks(backbone, for_generation=True)`).
     """
     if keras.config.backend() != "torch":
         return False
@@ -59,10 +67,21 @@ def supports(backbone, token_ids=None, training=False):
         return False
     if training and backbone.dropout > 0:
         return False
+    modes = quantization_modes(backbone)
+    if modes:
+        adapted = any(
+            getattr(layer, "lora_enabled", False) and layer.quantization_mode
+            for layer in backbone._flatten_layers()
+        )
+        return generation and modes == {"int8"} and not adapted and _has_int_mm()
     policy = backbone.dtype_policy
-    if policy.variable_dtype != policy.compute_dtype:
-        return False
-    return not is_quantized(backbone)
+    return policy.variable_dtype == policy.compute_dtype
+
+
+def _has_int_mm():
+    import torch
+
+    return hasattr(torch, "_int_mm")
 
 
 class _Norm(NamedTuple):
@@ -71,19 +90,40 @@ class _Norm(NamedTuple):
     epsilon: float
 
 
-class _Block(NamedTuple):
-    """One block's weights as torch tensors, `(in, out)` matrices."""
+class _Linear(NamedTuple):
+    """A dense layer as an `(in, out)` matrix; int8 with its `(out,)` scale."""
 
+    kernel: object  # (in, out), float, or int8 with `scale`
+    bias: object  # (out,) or None
+    scale: object = None  # Keras' kernel_scale: float kernel = kernel / scale
+
+
+class _Block(NamedTuple):
     attention_norm: _Norm
-    qkv_kernel: object  # (hidden, 3 * hidden)
-    qkv_bias: object  # (3 * hidden,)
-    output_kernel: object  # (hidden, hidden)
-    output_bias: object
+    query: _Linear
+    key: _Linear
+    value: _Linear
+    attention_output: _Linear
     mlp_norm: _Norm
-    intermediate_kernel: object  # (hidden, intermediate)
-    intermediate_bias: object
-    output_mlp_kernel: object  # (intermediate, hidden)
-    output_mlp_bias: object
+    intermediate: _Linear
+    output: _Linear
+
+
+def _column_major(variable, columns):
+    """An int8 kernel as an `(in, out)` matrix stored column by column.
+
+    `torch._int_mm` multiplies one row by a column-major int8 matrix ~2.7x
+    faster than by a row-major one (same speed from 8 rows on;
+    `benchmarks/NOTES.md`). The variable keeps its shape and values; only
+    its storage order changes, once, in place (no second copy is kept).
+    """
+    tensor = ops.convert_to_tensor(variable)
+    matrix = tensor.detach().reshape(-1, columns)
+    if matrix.stride(0) == 1:
+        return matrix
+    matrix = matrix.t().contiguous().t()
+    tensor.data = matrix.reshape(tensor.shape)
+    return matrix
 
 
 class TorchBlocks:
@@ -122,7 +162,9 @@ class TorchBlocks:
             for index in range(backbone.num_layers)
         ]
         self._final_norm = next(e.layer for e in table if e.role == "layer_norm")
+        self._token_embedding = next(e.layer for e in table if e.role == "token_embedding")
         self._weights = self._read() if for_generation else None
+        self._head = self._lm_head() if for_generation else None
 
     # === Weights ===
 
@@ -139,28 +181,39 @@ class TorchBlocks:
         return _Norm(gamma, beta, layer.epsilon)
 
     def _matrix(self, dense):
-        """A dense layer's kernel as an `(in, out)` matrix (LoRA included), and bias."""
-        bias = self._value(dense.bias).reshape(-1)  # over the output axes
-        return self._value(dense.kernel).reshape(-1, bias.shape[0]), bias
+        """A dense layer as a `_Linear` (LoRA included for float layers)."""
+        bias = None if dense.bias is None else self._value(dense.bias).reshape(-1)
+        if dense.quantization_mode == "int8":
+            scale = ops.convert_to_tensor(dense.kernel_scale).detach().float().reshape(-1)
+            return _Linear(_column_major(dense._kernel, scale.shape[0]), bias, scale)
+        # GPT-2's projections all have a bias over their output units.
+        return _Linear(self._value(dense.kernel).reshape(-1, bias.shape[0]), bias)
 
     def _read(self):
         blocks = []
         for layers in self._layers:
-            query, query_bias = self._matrix(layers["self_attention/query"])
-            key, key_bias = self._matrix(layers["self_attention/key"])
-            value, value_bias = self._matrix(layers["self_attention/value"])
             blocks.append(
                 _Block(
                     self._norm(layers["self_attention_layer_norm"]),
-                    self.torch.cat([query, key, value], dim=1),
-                    self.torch.cat([query_bias, key_bias, value_bias]),
-                    *self._matrix(layers["self_attention/attention_output"]),
+                    self._matrix(layers["self_attention/query"]),
+                    self._matrix(layers["self_attention/key"]),
+                    self._matrix(layers["self_attention/value"]),
+                    self._matrix(layers["self_attention/attention_output"]),
                     self._norm(layers["feedforward_layer_norm"]),
-                    *self._matrix(layers["feedforward_intermediate_dense"]),
-                    *self._matrix(layers["feedforward_output_dense"]),
+                    self._matrix(layers["feedforward_intermediate_dense"]),
+                    self._matrix(layers["feedforward_output_dense"]),
                 )
             )
         return blocks, self._norm(self._final_norm)
+
+    def _lm_head(self):
+        """The tied token embedding as the `(hidden, vocabulary)` LM head."""
+        embedding = self._token_embedding
+        if embedding.quantization_mode == "int8":
+            table = ops.convert_to_tensor(embedding._embeddings).detach()  # (vocab, hidden)
+            scale = ops.convert_to_tensor(embedding.embeddings_scale).detach().float()
+            return _Linear(table.t(), None, scale.reshape(-1))
+        return _Linear(self._value(embedding.embeddings).t(), None)
 
     # === Computation ===
 
@@ -171,8 +224,29 @@ class TorchBlocks:
         )
         return out.to(x.dtype)
 
-    def _linear(self, rows, kernel, bias):
-        return self.torch.addmm(bias, rows, kernel)
+    def _quantize(self, rows):
+        """Keras' int8 input quantization: per row, absmax, epsilon 1e-7."""
+        rows = rows.float()
+        scale = 127.0 / (rows.abs().amax(dim=-1, keepdim=True) + 1e-7)
+        quantized = self.torch.clamp(self.torch.round(rows * scale), -127, 127)
+        return quantized.to(self.torch.int8), scale
+
+    def _linear(self, rows, linear, quantized=None):
+        """`rows @ kernel + bias` for `(rows, in)`, as the Keras layer computes it.
+
+        `quantized` optionally holds `self._quantize(rows)`, shared by the
+        projections of the same rows (query, key, value).
+        """
+        torch = self.torch
+        if linear.scale is None:
+            if linear.bias is None:
+                return rows @ linear.kernel
+            return torch.addmm(linear.bias, rows, linear.kernel)
+        # Keras' int8 layers: int8 inputs, exact int32 products, both scales.
+        rows_int8, inputs_scale = quantized or self._quantize(rows)
+        products = torch._int_mm(rows_int8, linear.kernel).to(rows.dtype)
+        outputs = products / (inputs_scale * linear.scale).to(rows.dtype)
+        return outputs if linear.bias is None else outputs + linear.bias
 
     def _attend(self, query, key, value, attention_mask, cache, index, layer):
         """`(batch, seq, heads, head_dim)` attention output, writing the cache."""
@@ -196,19 +270,25 @@ class TorchBlocks:
         """One GPT-2 block on `(batch, seq, hidden)`, as `TransformerDecoder.call`."""
         batch, seq, hidden = x.shape
         rows = self._layer_norm(x, weights.attention_norm).reshape(batch * seq, hidden)
-        qkv = self._linear(rows, weights.qkv_kernel, weights.qkv_bias)
+        quantized = self._quantize(rows) if weights.query.scale is not None else None
         query, key, value = (
-            part.reshape(batch, seq, self.num_heads, self.head_dim)
-            for part in qkv.split(hidden, dim=1)
+            self._linear(rows, linear, quantized).reshape(batch, seq, self.num_heads, self.head_dim)
+            for linear in (weights.query, weights.key, weights.value)
         )
         attended = self._attend(query, key, value, attention_mask, cache, index, layer)
-        attended = attended.reshape(batch * seq, hidden)
-        x = x + self._linear(attended, weights.output_kernel, weights.output_bias).reshape(x.shape)
+        attended = self._linear(attended.reshape(batch * seq, hidden), weights.attention_output)
+        x = x + attended.reshape(x.shape)
         rows = self._layer_norm(x, weights.mlp_norm).reshape(batch * seq, hidden)
-        mlp = self._linear(rows, weights.intermediate_kernel, weights.intermediate_bias)
-        mlp = self.torch.nn.functional.gelu(mlp, approximate="tanh")
-        mlp = self._linear(mlp, weights.output_mlp_kernel, weights.output_mlp_bias)
-        return x + mlp.reshape(x.shape)
+        mlp = self.torch.nn.functional.gelu(
+            self._linear(rows, weights.intermediate), approximate="tanh"
+        )
+        return x + self._linear(mlp, weights.output).reshape(x.shape)
+
+    def logits(self, hidden_states):
+        """`(batch, seq, vocabulary)` logits of the tied LM head (generation only)."""
+        x = ops.convert_to_tensor(hidden_states)
+        batch, seq, hidden = x.shape
+        return self._linear(x.reshape(batch * seq, hidden), self._head).reshape(batch, seq, -1)
 
     def __call__(self, hidden_states, attention_mask, cache=None, cache_update_index=None):
         blocks, final_norm = self._weights or self._read()

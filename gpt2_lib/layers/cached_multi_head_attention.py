@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.backends.attention import dot_product_attention
+from gpt2_lib.backends.dense import dense
 from gpt2_lib.layers.initializers import clone_initializer
 
 
@@ -119,9 +120,9 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         cache_update_index=None,
         training=None,
     ):
-        query = self.query_dense(hidden_states)  # (batch, q, heads, head_dim)
-        key = self.key_dense(hidden_states)
-        value = self.value_dense(hidden_states)
+        query = dense(self.query_dense, hidden_states)  # (batch, q, heads, head_dim)
+        key = dense(self.key_dense, hidden_states)
+        value = dense(self.value_dense, hidden_states)
         if cache is not None:
             start = [0, cache_update_index, 0, 0]
             key = ops.slice_update(cache[:, 0, ...], start, key)  # (batch, max_len, heads, head_dim)
@@ -130,7 +131,7 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         attended = self._attend(
             query, key, value, attention_mask, training, is_causal=cache is None
         )
-        output = self.output_dense(attended)  # (batch, q, hidden)
+        output = dense(self.output_dense, attended)  # (batch, q, hidden)
         if cache is None:
             return output
         return output, cache

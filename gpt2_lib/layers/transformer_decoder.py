@@ -4,7 +4,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.backends.gradient_barrier import gradient_barrier
-from gpt2_lib.backends.rows import dense_on_rows
+from gpt2_lib.backends.dense import dense_on_rows
 from gpt2_lib.layers.cached_multi_head_attention import CachedMultiHeadAttention
 from gpt2_lib.layers.initializers import clone_initializer
 

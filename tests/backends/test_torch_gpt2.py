@@ -169,3 +169,65 @@ def test_empty_batch_and_empty_sequence():
     for shape in [(0, 5), (2, 0)]:
         inputs = {"token_ids": np.zeros(shape, "int32"), "padding_mask": np.ones(shape, "int32")}
         assert tuple(backbone(inputs).shape) == shape + (32,)
+
+
+def test_int8_generation_equals_keras_int8_layers():
+    """int8 layers in the fast path compute what Keras' int8 layers compute."""
+    backbone = _backbone()
+    float_lm = GPT2CausalLM(_backbone())
+    backbone.quantize("int8")
+    lm = GPT2CausalLM(backbone)
+    blocks = lm.generation_blocks()
+    if not TORCH:
+        assert blocks is None
+        return
+    assert isinstance(blocks, torch_gpt2.TorchBlocks)
+    assert not torch_gpt2.supports(backbone)  # training/forward stays on Keras' layers
+    ids = _inputs()["token_ids"]
+    mask = np.ones((3, 12), bool)
+
+    def run(model, fast):
+        cache = model.backbone.build_cache(3, 12)
+        logits, _, cache = model.call_with_cache(ids[:, :9], mask, cache, 0, blocks=fast)
+        step, _, cache = model.call_with_cache(ids[:, 9:10], mask, cache, 9, blocks=fast)
+        as_numpy = keras.ops.convert_to_numpy
+        return as_numpy(logits), as_numpy(step), as_numpy(cache)
+
+    fast = run(lm, blocks)
+    keras_int8 = run(lm, None)
+    float32 = run(float_lm, None)
+    for ours, theirs, exact in zip(fast, keras_int8, float32):
+        # Same quantized math: far closer to Keras' int8 than int8 is to float.
+        assert np.abs(ours - theirs).max() <= 1e-4 + 0.01 * np.abs(theirs - exact).max()
+
+
+def test_int8_generation_runs_int_mm(monkeypatch):
+    if not TORCH:
+        return
+    import torch
+
+    calls = []
+    original = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda *a: calls.append(1) or original(*a))
+    backbone = _backbone()
+    backbone.quantize("int8")
+    lm = GPT2CausalLM(backbone)
+    lm.compile(sampler="greedy")
+    lm.generate({"token_ids": np.array([[5, 6, 0, 0]]), "padding_mask": np.array([[1, 1, 0, 0]])},
+                stop_token_ids=None)
+    # 6 int8 matmuls per block (q, k, v, output, 2 MLP): one prefill pass
+    # over the first token, then 2 steps that also run the LM head.
+    assert len(calls) == 6 * 2 + 2 * (6 * 2 + 1)
+
+
+def test_int8_layout_change_keeps_values_and_saves(tmp_path):
+    """The fast path stores int8 kernels column-major: same values, same presets."""
+    backbone = _backbone()
+    backbone.quantize("int8")
+    before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in backbone.weights}
+    lm = GPT2CausalLM(backbone)
+    lm.generation_blocks()
+    after = {v.path: keras.ops.convert_to_numpy(v) for v in backbone.weights}
+    assert before.keys() == after.keys()
+    for path in before:
+        np.testing.assert_array_equal(before[path], after[path])

@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.backends import torch_gpt2
+from gpt2_lib.backends.dense import reverse_embedding
 from gpt2_lib.models.causal_lm import CausalLM
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
 from gpt2_lib.models.gpt2.gpt2_causal_lm_preprocessor import GPT2CausalLMPreprocessor
@@ -108,16 +109,20 @@ class GPT2CausalLM(CausalLM):
         hidden_states, cache = self.backbone.call_with_cache(
             token_ids, padding_mask, cache, cache_update_index, blocks=blocks
         )
-        logits = self.backbone.token_embedding(hidden_states, reverse=True)
+        if blocks is not None:
+            logits = blocks.logits(hidden_states)
+        else:
+            logits = reverse_embedding(self.backbone.token_embedding, hidden_states)
         return logits, hidden_states, cache
 
     def generation_blocks(self):
         """The blocks' fast path for one generation, or None for the Keras layers.
 
         On torch (when `gpt2_lib.backends.torch_gpt2.supports` the model) a
-        `TorchBlocks` holding the weights read once for this generation.
+        `TorchBlocks` holding the weights read once for this generation,
+        which also computes the LM head (`blocks.logits`).
         """
-        if torch_gpt2.supports(self.backbone):
+        if torch_gpt2.supports(self.backbone, generation=True):
             return torch_gpt2.TorchBlocks(self.backbone, for_generation=True)
         return None
 
