@@ -442,3 +442,57 @@ class BuildScope:
             if self.deferred is not None:
                 stack.enter_context(self.deferred.loading())
             apply_layouts(backbone, self.distribution)
+
+
+def make_distribution(model_parallel=1, data_parallel=None, devices=None):
+    """A `keras.distribution` for GPT-2 over all devices (of all processes).
+
+    `model_parallel=1` gives `DataParallel` (every device holds the whole
+    model); more gives `ModelParallel` on a `(data_parallel, model_parallel)`
+    mesh with `GPT2Backbone`'s layout map. Set it with
+    `keras.distribution.set_distribution()` before building or loading the
+    model. JAX only (`keras.distribution` places variables on JAX).
+
+    Args:
+        model_parallel: int, devices each weight is split over.
+        data_parallel: int, model replicas the batch is split over; by
+            default all the devices `model_parallel` leaves.
+        devices: the devices (`keras.distribution.list_devices()` by default).
+
+    Returns:
+        A `keras.distribution.DataParallel` or `ModelParallel`.
+
+    Example:
+    ```python
+    keras.distribution.initialize()  # with several hosts
+    keras.distribution.set_distribution(make_distribution(model_parallel=4))
+    lm = gpt2_lib.models.GPT2CausalLM.from_preset("gpt2_medium_en")
+    ```
+    """
+    if keras.config.backend() != "jax":
+        raise ValueError(
+            "Data and model parallelism use `keras.distribution`, which places "
+            f"variables on the JAX backend only; this is the {keras.config.backend()} "
+            "backend. Run with KERAS_BACKEND=jax."
+        )
+    devices = keras.distribution.list_devices() if devices is None else list(devices)
+    count = len(devices)
+    for name, value in (("model_parallel", model_parallel), ("data_parallel", data_parallel)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}.")
+    if count % model_parallel:
+        raise ValueError(
+            f"model_parallel={model_parallel} does not divide the {count} devices "
+            f"({', '.join(devices[:4])}{', ...' if count > 4 else ''}). Use a divisor of {count}."
+        )
+    data_parallel = count // model_parallel if data_parallel is None else data_parallel
+    if data_parallel * model_parallel != count:
+        raise ValueError(
+            f"data_parallel={data_parallel} x model_parallel={model_parallel} = "
+            f"{data_parallel * model_parallel} devices, but there are {count}. Their "
+            "product must be the device count (leave data_parallel unset to use all)."
+        )
+    if model_parallel == 1:
+        return keras.distribution.DataParallel(devices=devices)
+    mesh = keras.distribution.DeviceMesh((data_parallel, model_parallel), ["batch", "model"], devices)
+    return keras.distribution.ModelParallel(layout_map=layout_map_for(mesh), batch_dim_name="batch")

@@ -62,3 +62,25 @@ def test_training_and_inference(one_device_distribution):
     for call in (lambda: lm.fit(data), lambda: lm.evaluate(data), lambda: lm.predict(data)):
         with pytest.raises(ValueError, match="Cannot run GPT2CausalLM under DataParallel.*JAX"):
             call()
+
+
+def test_make_distribution():
+    from gpt2_lib.models.distribution import WeightTableLayoutMap
+    from gpt2_lib.models.distribution import make_distribution
+
+    if keras.config.backend() != "jax":
+        with pytest.raises(ValueError, match="JAX backend only.*KERAS_BACKEND=jax"):
+            make_distribution()
+        return
+    assert isinstance(make_distribution(), keras.distribution.DataParallel)
+    devices = [f"cpu:{i}" for i in range(8)]
+    distribution = make_distribution(model_parallel=4, devices=devices)
+    assert isinstance(distribution, keras.distribution.ModelParallel)
+    assert distribution.device_mesh.shape == (2, 4)
+    assert isinstance(distribution._layout_map, WeightTableLayoutMap)
+    with pytest.raises(ValueError, match="model_parallel=3 does not divide the 8 devices"):
+        make_distribution(model_parallel=3, devices=devices)
+    with pytest.raises(ValueError, match="data_parallel=4 x model_parallel=4 = 16 devices, but there are 8"):
+        make_distribution(model_parallel=4, data_parallel=4, devices=devices)
+    with pytest.raises(ValueError, match="positive integer"):
+        make_distribution(model_parallel=0, devices=devices)
