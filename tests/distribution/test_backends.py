@@ -56,7 +56,10 @@ def test_training_and_inference(one_device_distribution):
     data = {"token_ids": np.ones((3, 6), "int32"), "padding_mask": np.ones((3, 6), bool)}
     keras.distribution.set_distribution(one_device_distribution)
     if keras.config.backend() == "jax":
-        lm.fit(data, batch_size=2, verbose=0)
+        history = lm.fit(data, batch_size=2, validation_split=1 / 3, verbose=0)
+        assert "val_loss" in history.history and len(history.history["val_loss"]) == 1
+        history = lm.fit(data, batch_size=2, validation_data=data, verbose=0)
+        assert "val_loss" in history.history and len(history.history["val_loss"]) == 1
         assert lm.predict(data, verbose=0).shape == (3, 6, 50)
         return
     for call in (lambda: lm.fit(data), lambda: lm.evaluate(data), lambda: lm.predict(data)):
