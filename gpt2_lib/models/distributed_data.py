@@ -22,6 +22,7 @@ size, so the reported numbers of an epoch with a padded batch can differ
 slightly from one device's; the weights do not.
 """
 
+import contextlib
 import math
 import warnings
 
@@ -47,6 +48,24 @@ def _rows(data):
 
 def _take(data, index):
     return tree.map_structure(lambda a: None if a is None else np.asarray(a)[index], data)
+
+
+@contextlib.contextmanager
+def feeding_process_rows(distribution):
+    """Within: Keras takes each process's batches as they are.
+
+    With several processes Keras refuses anything but a `tf.data.Dataset`
+    (which it shards itself) while `auto_shard_dataset` is on; the batches
+    of `DistributedBatches` are already this process's rows.
+    """
+    toggled = distribution.num_processes > 1 and distribution.auto_shard_dataset
+    if toggled:
+        distribution.auto_shard_dataset = False
+    try:
+        yield
+    finally:
+        if toggled:
+            distribution.auto_shard_dataset = True
 
 
 def shared_rng():

@@ -269,14 +269,21 @@ def _checked_user_axes(layout, shape, mesh, path, notes):
 def resolve_layouts(backbone, distribution, warn=True):
     """`[(variable, TensorLayout)]` for every weight table variable of `backbone`.
 
-    With a `WeightTableLayoutMap` the rules apply to the real shapes, with
+    Without a layout map (`DataParallel`) every layout replicates. With a
+    `WeightTableLayoutMap` the rules apply to the real shapes, with
     fallbacks; with another `LayoutMap` its layouts are used, replicating
     axes that do not divide. Fallbacks are reported in one warning line each
     (unless `warn=False`).
     """
     layout_map = getattr(distribution, "_layout_map", None)
     if layout_map is None:
-        return []
+        # DataParallel: every weight replicated (also those built before the
+        # distribution was set).
+        return [
+            (variable, keras.distribution.TensorLayout([None] * len(variable.shape), distribution.device_mesh))
+            for entry in backbone.weight_table()
+            for _, variable in _entry_variables(entry)
+        ]
     mesh = layout_map.device_mesh
     ours = isinstance(layout_map, WeightTableLayoutMap)
     result, fallbacks, notes = [], {}, []
@@ -378,7 +385,8 @@ def apply_layouts(backbone, distribution=None, warn=True):
 
     Variables not yet allocated (deferred) just get their layout; allocated
     ones whose sharding differs are resharded (e.g. adapters or quantized
-    kernels created outside the map's rules). A no-op without a layout map.
+    kernels created outside the map's rules, or weights built before the
+    distribution was set). Under `DataParallel` every weight is replicated.
 
     Args:
         backbone: a backbone with a `weight_table()`.

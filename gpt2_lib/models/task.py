@@ -348,24 +348,6 @@ class Task(keras.Model):
             return None  # generators etc.: Keras' own handling (and errors)
         return distributed_data.DistributedBatches(source, distribution, mode, local=local)
 
-    @staticmethod
-    def _feeding_process_rows(distribution):
-        """Keras takes each process's rows as they are (it shards only tf.data itself)."""
-        import contextlib
-
-        @contextlib.contextmanager
-        def scope():
-            toggled = distribution.num_processes > 1 and distribution.auto_shard_dataset
-            if toggled:
-                distribution.auto_shard_dataset = False
-            try:
-                yield
-            finally:
-                if toggled:
-                    distribution.auto_shard_dataset = True
-
-        return scope()
-
     def predict_step(self, *args, **kwargs):
         result = super().predict_step(*args, **kwargs)
         distribution = dist.current()
@@ -429,7 +411,7 @@ class Task(keras.Model):
                 distribution, x, y, sample_weight, batch_size, False, "evaluate"
             )
             if data is not None:
-                with self._feeding_process_rows(distribution):
+                with distributed_data.feeding_process_rows(distribution):
                     return super().evaluate(x=data, **kwargs)
         dataset = tf_data.array_dataset(x, y, sample_weight, batch_size, False, kwargs)
         if dataset is not None:
@@ -447,7 +429,7 @@ class Task(keras.Model):
         if distribution is not None:
             data = self._distributed_batches(distribution, x, None, None, batch_size, False, "predict")
             if data is not None:
-                with self._feeding_process_rows(distribution):
+                with distributed_data.feeding_process_rows(distribution):
                     return data.trim(super().predict(data, **kwargs))
         dataset = tf_data.array_dataset(x, None, None, batch_size, False, kwargs)
         if dataset is not None:
@@ -490,5 +472,5 @@ class Task(keras.Model):
             val_batch = kwargs.pop("validation_batch_size", None) or batch_size
             val = self._prepare_data(*validation_data[:3], batch_size=val_batch)
             validation_data = self._distributed_batches(distribution, *val, False, "evaluate")
-        with self._feeding_process_rows(distribution):
+        with distributed_data.feeding_process_rows(distribution):
             return super().fit(x=data, shuffle=False, validation_data=validation_data, **kwargs)

@@ -217,6 +217,13 @@ def scenario_io(workdir):
     loaded = {v.path: keras.ops.convert_to_numpy(v.value) for v in plain.weights if "lora" in v.path}
     check(sorted(loaded) == sorted(trained), "LoRA paths differ")
     check(max_diff([loaded[k] for k in sorted(loaded)], [trained[k] for k in sorted(trained)]) == 0, "LoRA file differs")
+    # A model built before the distribution was set is laid out by `fit`.
+    lm = GPT2CausalLM(GPT2Backbone.from_preset(preset))
+    set_distribution("mp24")
+    lm.compile(optimizer=keras.optimizers.SGD(0.1))
+    lm.fit({"token_ids": token_ids}, batch_size=8, epochs=1, verbose=0)
+    check(spec(lm.backbone.weights[query]) == ("batch", "model", None), "fit did not lay out the weights")
+    set_distribution("none")
     # int8: quantized kernels and their scales laid out like the float kernels.
     warnings.filterwarnings("ignore", message=".*does not have a `quantize` method")
     plain = GPT2Backbone.from_preset(preset)
