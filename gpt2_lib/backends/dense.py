@@ -100,7 +100,7 @@ def reverse_embedding(layer, hidden_states):
 
     Int8 embeddings on JAX/TensorFlow take the XLA-friendly int8 product.
     """
-    if not supports_int8(layer) or not layer.tie_weights:
+    if not supports_int8(layer) or not layer.tie_weights or layer.logit_soft_cap is not None:
         return layer(hidden_states, reverse=True)
     shape = tuple(ops.shape(hidden_states))
     rows = ops.reshape(hidden_states, (-1, shape[-1]))

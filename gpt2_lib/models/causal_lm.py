@@ -121,11 +121,15 @@ class CausalLM(Task):
             **kwargs: other `keras.Model.compile` arguments. `jit_compile`
                 defaults to `"auto"`, except on TensorFlow without a GPU where
                 it defaults to False: TensorFlow's own CPU kernels train GPT-2
-                faster than XLA (see `benchmarks/NOTES.md`).
+                faster than XLA (see `benchmarks/NOTES.md`). It also applies
+                to `generate()`; with `"auto"`, TensorFlow without a GPU
+                generates with its own kernels for float models (faster than
+                XLA, which emits GPT-2's one-row products as plain loops) and
+                with XLA for int8 models (whose int8 products TensorFlow's
+                kernels run slowly).
         """
         sampler = samplers_lib.get(sampler)
-        # Generation keeps XLA unless it is turned off explicitly.
-        self._jit_generate = kwargs.get("jit_compile", "auto") is not False
+        self._jit_generate = kwargs.get("jit_compile", "auto")
         if kwargs.get("jit_compile", "auto") == "auto" and _tensorflow_cpu_only():
             kwargs["jit_compile"] = False
         if optimizer == "auto":
@@ -233,13 +237,23 @@ class CausalLM(Task):
         elif backend == "tensorflow" and not self.run_eagerly:
             import tensorflow as tf
 
-            generate_function = tf.function(self.generate_step, jit_compile=getattr(self, "_jit_generate", True))
+            generate_function = tf.function(self.generate_step, jit_compile=self._xla_for_generation())
         elif backend == "jax" and not self.run_eagerly:
             generate_function = self._make_jax_generate_function()
         else:
             generate_function = self.generate_step
         self.generate_function = generate_function
         return generate_function
+
+    def _xla_for_generation(self):
+        """Whether TensorFlow compiles `generate()` with XLA (see `compile`)."""
+        jit = getattr(self, "_jit_generate", "auto")
+        if jit != "auto":
+            return bool(jit)
+        quantized = any(
+            getattr(layer, "quantization_mode", None) for layer in self._flatten_layers()
+        )
+        return quantized or not _tensorflow_cpu_only()
 
     def _make_jax_generate_function(self):
         """`generate_step` as a pure function of the variables, under `jax.jit`."""
