@@ -16,7 +16,6 @@ import os
 
 import h5py
 import numpy as np
-from keras import ops
 
 from gpt2_lib.models.lora import _add_adapters
 from gpt2_lib.models.lora import _check_can_adapt
@@ -25,6 +24,9 @@ from gpt2_lib.models.lora import lora_config
 from gpt2_lib.models.lora import lora_enabled
 from gpt2_lib.models.lora import resolve_target_layers
 from gpt2_lib.utils.atomic import atomic_file
+from gpt2_lib.utils.distribution import all_agree
+from gpt2_lib.utils.distribution import gather
+from gpt2_lib.utils.distribution import is_writer
 
 LORA_FILE_SUFFIX = ".lora.h5"
 FORMAT_NAME = "gpt2_lib.lora"
@@ -88,6 +90,25 @@ def save_lora_weights(backbone, filepath):
             f"{filepath!r}."
         )
     state = backbone._lora_state
+    # Sharded adapters are gathered by every process (a collective); process 0
+    # writes, and every process returns once the file is complete.
+    arrays = {
+        path: (gather(layer.lora_kernel_a), gather(layer.lora_kernel_b))
+        for path, layer in state.layers.items()
+    }
+    error = None
+    if is_writer():
+        try:
+            _write_lora_file(backbone, filepath, state, arrays)
+        except BaseException as e:  # the other processes must learn of it
+            error = e
+    if not all_agree(error is None):
+        if error is not None:
+            raise error
+        raise RuntimeError(f"Process 0 could not write {filepath!r} (see its error).")
+
+
+def _write_lora_file(backbone, filepath, state, arrays):
     with atomic_file(filepath, suffix=LORA_FILE_SUFFIX) as tmp_path:
         with h5py.File(tmp_path, "w") as f:
             f.attrs["format"] = FORMAT_NAME
@@ -99,10 +120,10 @@ def save_lora_weights(backbone, filepath):
             f.attrs["backbone_class"] = type(backbone).__name__
             f.attrs["backbone_config"] = json.dumps(_size_config(backbone))
             adapters = f.create_group("adapters")
-            for path, layer in state.layers.items():
+            for path, (kernel_a, kernel_b) in arrays.items():
                 group = adapters.create_group(path)
-                group["lora_kernel_a"] = ops.convert_to_numpy(layer.lora_kernel_a)
-                group["lora_kernel_b"] = ops.convert_to_numpy(layer.lora_kernel_b)
+                group["lora_kernel_a"] = kernel_a
+                group["lora_kernel_b"] = kernel_b
 
 
 def _read_lora_file(filepath):

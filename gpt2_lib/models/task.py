@@ -7,7 +7,10 @@ import numpy as np
 
 from gpt2_lib import preset_io
 from gpt2_lib.backends import tf_data
+from gpt2_lib.models import distributed_data
+from gpt2_lib.models import distribution as layouts
 from gpt2_lib.models import lora
+from gpt2_lib.utils import distribution as dist
 from gpt2_lib.utils.classproperty import classproperty
 from gpt2_lib.utils.text_inputs import decode_strings
 from gpt2_lib.utils.text_inputs import is_string_data
@@ -44,8 +47,9 @@ class _PreprocessedArrays(keras.utils.PyDataset):
         self.batch_size = 32 if batch_size is None else int(batch_size)
         self.shuffle = shuffle
         self.order = np.arange(len(self.x))
+        self.rng = np.random
         if shuffle:
-            np.random.shuffle(self.order)
+            self.rng.shuffle(self.order)
 
     @property
     def num_batches(self):
@@ -61,7 +65,14 @@ class _PreprocessedArrays(keras.utils.PyDataset):
 
     def on_epoch_end(self):
         if self.shuffle:
-            np.random.shuffle(self.order)
+            self.rng.shuffle(self.order)
+
+    def reseed(self, rng):
+        """Shuffle with `rng` from now on (the same order on every process)."""
+        self.rng = rng
+        if self.shuffle:
+            self.order = np.arange(len(self.x))
+            rng.shuffle(self.order)
 
 
 class _PreprocessedIterable(keras.utils.PyDataset):
@@ -302,9 +313,70 @@ class Task(keras.Model):
                 return data, None, None, None
         return x, y, sample_weight, batch_size
 
+    # Distribution ----------------------------------------------------------
+
+    def _distribution(self):
+        """The active distribution (its layouts applied to the backbone), or None."""
+        distribution = dist.current()
+        if distribution is None:
+            return None
+        dist.check_backend(f"run {type(self).__name__}", distribution)
+        if self.backbone is not None and callable(getattr(self.backbone, "weight_table", None)):
+            # Adapters or quantized kernels created since the build get their layouts.
+            layouts.apply_layouts(self.backbone, distribution, warn=False)
+        return distribution
+
+    def _distributed_batches(self, distribution, x, y, sample_weight, batch_size, shuffle, mode):
+        """`DistributedBatches` over the (prepared) data, or None if Keras' own will do."""
+        local = distribution.num_processes > 1 and not distribution.auto_shard_dataset
+        rng = distributed_data.shared_rng() if shuffle else None
+        if isinstance(x, _PreprocessedArrays):
+            if rng is not None:
+                x.reseed(rng)
+            source = x
+        elif isinstance(x, keras.utils.PyDataset):
+            source = x
+        elif is_tf_dataset(x):
+            source = _PreprocessedIterable(self.preprocess_samples, x.as_numpy_iterator)
+        elif x is not None and all(
+            isinstance(v, np.ndarray) or (hasattr(v, "shape") and hasattr(v, "__array__"))
+            for v in keras.tree.flatten((x, y, sample_weight))
+            if v is not None
+        ):
+            source = distributed_data.ArrayBatches(x, y, sample_weight, batch_size, shuffle, rng)
+        else:
+            return None  # generators etc.: Keras' own handling (and errors)
+        return distributed_data.DistributedBatches(source, distribution, mode, local=local)
+
+    def predict_step(self, *args, **kwargs):
+        result = super().predict_step(*args, **kwargs)
+        distribution = dist.current()
+        if distribution is None or distribution.num_processes == 1:
+            return result
+        # Outputs that span processes cannot become NumPy arrays: replicate them.
+        replicated = keras.distribution.TensorLayout([], distribution.device_mesh)
+        outputs, state = result
+        outputs = keras.tree.map_structure(
+            lambda t: keras.distribution.distribute_tensor(t, replicated), outputs
+        )
+        return outputs, state
+
+    # Training and inference -------------------------------------------------
+
     def fit(self, x=None, y=None, batch_size=None, sample_weight=None, shuffle=True, validation_data=None, **kwargs):
-        """`keras.Model.fit`, preprocessing raw strings if a preprocessor is attached."""
+        """`keras.Model.fit`, preprocessing raw strings if a preprocessor is attached.
+
+        Under a `keras.distribution` (JAX) every process passes the same
+        (global) data; each feeds the rows of its devices, and a batch whose
+        size the batch axis does not divide is padded with rows that weigh
+        nothing (see `gpt2_lib.models.distributed_data`).
+        """
         _check_not_empty(x)
+        distribution = self._distribution()
+        if distribution is not None:
+            return self._distributed_fit(
+                distribution, x, y, batch_size, sample_weight, shuffle, validation_data, kwargs
+            )
         x, y, sample_weight, batch_size = self._prepare_data(
             x, y, sample_weight, batch_size, shuffle
         )
@@ -333,16 +405,72 @@ class Task(keras.Model):
         """`keras.Model.evaluate`, preprocessing raw strings if a preprocessor is attached."""
         _check_not_empty(x)
         x, y, sample_weight, batch_size = self._prepare_data(x, y, sample_weight, batch_size)
+        distribution = self._distribution()
+        if distribution is not None:
+            data = self._distributed_batches(
+                distribution, x, y, sample_weight, batch_size, False, "evaluate"
+            )
+            if data is not None:
+                with distributed_data.feeding_process_rows(distribution):
+                    return super().evaluate(x=data, **kwargs)
         dataset = tf_data.array_dataset(x, y, sample_weight, batch_size, False, kwargs)
         if dataset is not None:
             x, y, sample_weight, batch_size = dataset, None, None, None
         return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
-        """`keras.Model.predict`, preprocessing raw strings if a preprocessor is attached."""
+        """`keras.Model.predict`, preprocessing raw strings if a preprocessor is attached.
+
+        Under a distribution every process gets the whole result.
+        """
         _check_not_empty(x)
         x, _, _, batch_size = self._prepare_data(x, batch_size=batch_size, labels=False)
+        distribution = self._distribution()
+        if distribution is not None:
+            data = self._distributed_batches(distribution, x, None, None, batch_size, False, "predict")
+            if data is not None:
+                with distributed_data.feeding_process_rows(distribution):
+                    return data.trim(super().predict(data, **kwargs))
         dataset = tf_data.array_dataset(x, None, None, batch_size, False, kwargs)
         if dataset is not None:
             x, batch_size = dataset, None
         return super().predict(x, batch_size=batch_size, **kwargs)
+
+    def _distributed_fit(self, distribution, x, y, batch_size, sample_weight, shuffle, validation_data, kwargs):
+        split = kwargs.pop("validation_split", None)
+        if split and validation_data is None and not (is_tf_dataset(x) or is_string_data(x)):
+            if isinstance(x, keras.utils.PyDataset):
+                raise ValueError(
+                    "`validation_split` needs arrays; pass `validation_data` instead."
+                )
+            # Keras' split: the last `split` fraction of the samples, before shuffling.
+            size = len(keras.tree.flatten(x)[0])
+            cut = int(np.floor(size * (1.0 - split)))
+            head = lambda v: keras.tree.map_structure(lambda a: a[:cut], v)  # noqa: E731
+            tail = lambda v: keras.tree.map_structure(lambda a: a[cut:], v)  # noqa: E731
+            validation_data = tuple(
+                tail(v) for v in (x, y, sample_weight) if v is not None
+            ) if y is not None or sample_weight is not None else (tail(x),)
+            x, y, sample_weight = head(x), None if y is None else head(y), (
+                None if sample_weight is None else head(sample_weight)
+            )
+        elif split:
+            raise ValueError(
+                "`validation_split` needs in-memory arrays or token dicts; with "
+                "strings or a tf.data.Dataset, pass `validation_data` instead."
+            )
+        x, y, sample_weight, batch_size = self._prepare_data(
+            x, y, sample_weight, batch_size, shuffle
+        )
+        data = self._distributed_batches(distribution, x, y, sample_weight, batch_size, shuffle, "fit")
+        if data is None:
+            return super().fit(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight,
+                               shuffle=shuffle, validation_data=validation_data, **kwargs)
+        if validation_data is not None:
+            if not isinstance(validation_data, tuple):
+                validation_data = (validation_data,)
+            val_batch = kwargs.pop("validation_batch_size", None) or batch_size
+            val = self._prepare_data(*validation_data[:3], batch_size=val_batch)
+            validation_data = self._distributed_batches(distribution, *val, False, "evaluate")
+        with distributed_data.feeding_process_rows(distribution):
+            return super().fit(x=data, shuffle=False, validation_data=validation_data, **kwargs)

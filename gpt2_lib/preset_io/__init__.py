@@ -27,7 +27,7 @@ The package is generic: classes are found through Keras' registry
 | `loaders` | `KerasHubPreset`, `TransformersPreset`: one loader per format |
 | `saver` | saving in KerasHub's layout |
 | `exporter` | exporting a Transformers checkpoint |
-| `fast_init` | deferred variables: each weight allocated once, from the file |
+| `fast_init` | deferred variables: each weight allocated once, from the file (into its shards under a `keras.distribution`) |
 
 Example:
 >>> import gpt2_lib

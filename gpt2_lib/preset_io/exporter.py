@@ -27,7 +27,7 @@ import os
 from gpt2_lib.preset_io import keras_hub_config as config_files
 from gpt2_lib.preset_io import keras_hub_weights
 from gpt2_lib.preset_io import transformers_format
-from gpt2_lib.utils.atomic import atomic_directory
+from gpt2_lib.preset_io.saver import atomic_preset_dir
 from gpt2_lib.utils.atomic import supersede
 
 # What an export replaces: a Transformers checkpoint's files and a KerasHub
@@ -71,7 +71,8 @@ def export_to_transformers(backbone, path, tokenizer=None):
             and, with a tokenizer, `vocab.json` and `merges.txt`.
         tokenizer: optional `GPT2Tokenizer` whose files to include.
     """
-    with atomic_directory(path, keep_existing=True) as tmp:
+    # With several processes, process 0 writes (`atomic_preset_dir`).
+    with atomic_preset_dir(path, keep_existing=True) as tmp:
         supersede(tmp, REPLACED_FILES)
         transformers_format.write_transformers_checkpoint(backbone, tmp)
         if tokenizer is not None:

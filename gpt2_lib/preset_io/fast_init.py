@@ -7,12 +7,19 @@ each one straight from the weights file, and the rest (seed generators,
 metrics) get their own initializers at the end. Inside `skip_weight_init()`,
 `GPT2Backbone`'s `_gpt2_initializer()` returns `Zeros` instead of a random
 initializer, for whatever is still initialized normally.
+
+Under a `keras.distribution` (JAX), `initialize_variable()` builds each
+value directly with the variable's sharding: every device gets its slice
+read from the file, and no device (or host) ever holds the whole model
+first (`gpt2_lib.utils.distribution.sharded_array`).
 """
 
 import contextlib
 import threading
 
 import keras
+
+from gpt2_lib.utils import distribution
 
 _state = threading.local()
 
@@ -84,6 +91,7 @@ class DeferredVariables:
 
     def __enter__(self):
         if self.enabled:
+            _state.deferring = getattr(_state, "deferring", 0) + 1
             self._start = len(self._registry())
             self._scope = keras.StatelessScope(initialize_variables=False)
             self._scope.__enter__()
@@ -91,6 +99,7 @@ class DeferredVariables:
 
     def __exit__(self, *exc):
         if self.enabled:
+            _state.deferring -= 1
             self._scope.__exit__(*exc)
             registry = self._registry()
             self.variables = registry[self._start :]
@@ -157,6 +166,11 @@ def deferred_variables(enabled=True):
         yield deferred
 
 
+def is_deferring():
+    """True while a `deferred_variables()` (or `DeferredVariables`) block builds."""
+    return getattr(_state, "deferring", 0) > 0
+
+
 def build_and_load(build, load=None):
     """`build()` a model with deferred variables, then `load(model)` into it.
 
@@ -190,7 +204,21 @@ def initialize_variable(variable, value):
         variable: a `keras.Variable` (deferred or not).
         value: an array of the variable's shape (any float dtype; cast to the
             variable's dtype). May be a `np.memmap` of a weights file.
+
+    Under a distribution the value is built with the variable's sharding,
+    each device reading only its slice of `value`.
     """
+    sharding = distribution.variable_sharding(variable)
+    if sharding is not None:
+        array = distribution.sharded_array(value, sharding, _numpy_dtype(variable.dtype))
+        if _is_deferred(variable):
+            # Not `_deferred_initialize()`: Keras would pass the value through a
+            # jitted initializer (and a second copy) for large sharded variables.
+            variable._initialize(array)
+            variable._initializer = None
+        else:
+            variable.assign(array)
+        return
     if not _is_deferred(variable):
         variable.assign(_owned(value))
         return
@@ -220,12 +248,18 @@ def _owned(value):
 
     if not isinstance(value, np.memmap):
         return value
-    alignment = 64
-    buffer = np.empty(value.nbytes + alignment, np.uint8)
-    start = -buffer.ctypes.data % alignment
-    copy = buffer[start : start + value.nbytes].view(value.dtype).reshape(value.shape)
-    np.copyto(copy, value)
-    return copy
+    return distribution.owned_copy(value)
+
+
+def _numpy_dtype(dtype):
+    import numpy as np
+
+    dtype = keras.backend.standardize_dtype(dtype)
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)
 
 
 def materialize(variables):

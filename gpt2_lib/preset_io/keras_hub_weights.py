@@ -25,6 +25,7 @@ Example:
 ['layers/transformer_decoder/_self_attention_layer/query_dense/vars/0', 'layers/transformer_decoder/_self_attention_layer/query_dense/vars/1']
 """
 
+import contextlib
 import math
 import os
 
@@ -40,6 +41,7 @@ from gpt2_lib.preset_io.keras_hub_config import write_json
 from gpt2_lib.preset_io.weight_table import dtype_fits
 from gpt2_lib.preset_io.weight_table import has_weight_table
 from gpt2_lib.preset_io.weight_table import table_entries
+from gpt2_lib.utils import distribution
 from gpt2_lib.utils.layer_variables import layer_variables
 
 MODEL_WEIGHTS_FILE = "model.weights.h5"
@@ -186,13 +188,23 @@ def save_backbone_weights(backbone, directory, max_shard_size=10):
 
 
 def _write_h5(filepath, backbone, pairs):
-    with h5py.File(filepath, "w") as f:
-        f.create_group("vars").attrs["name"] = backbone.name
+    """Write `pairs` to `filepath`, one variable in memory at a time.
+
+    A variable sharded over devices (or processes) is gathered first; with
+    several processes every process gathers (a collective) and only the
+    writer (`gpt2_lib.utils.distribution.is_writer()`) opens the file.
+    """
+    writer = distribution.is_writer()
+    with h5py.File(filepath, "w") if writer else contextlib.nullcontext() as f:
+        if writer:
+            f.create_group("vars").attrs["name"] = backbone.name
         for path, variable in pairs:
+            value = distribution.gather(variable)
+            if not writer:
+                continue
             group = f.require_group(path.rsplit("/", 1)[0])
             if "name" not in group.attrs:
                 group.attrs["name"] = _layer_name_of(variable)
-            value = keras.ops.convert_to_numpy(variable.value)
             dataset = group.create_dataset(path.rsplit("/", 1)[1], data=value)
             if keras.backend.standardize_dtype(value.dtype) == "bfloat16":
                 dataset.attrs["dtype"] = "bfloat16"

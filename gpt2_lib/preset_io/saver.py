@@ -29,10 +29,12 @@ Example:
 
 import contextlib
 import os
+import tempfile
 
 from gpt2_lib.preset_io import keras_hub_config as config_files
 from gpt2_lib.preset_io import keras_hub_weights
 from gpt2_lib.preset_io import transformers_format
+from gpt2_lib.utils import distribution
 from gpt2_lib.utils.atomic import atomic_directory
 from gpt2_lib.utils.atomic import supersede
 
@@ -48,18 +50,65 @@ _BACKBONE_FILES = (
 
 
 @contextlib.contextmanager
-def atomic_preset_dir(preset_dir):
+def atomic_preset_dir(preset_dir, keep_existing=True):
     """Yield a temporary directory that becomes `preset_dir` on success.
 
     Files of an existing `preset_dir` that the block does not write (or
     supersede) are kept, as successive KerasHub saves add up; on failure
     `preset_dir` is untouched. See `gpt2_lib.utils.atomic.atomic_directory`.
 
+    With several processes (`keras.distribution.initialize()`) every process
+    runs the block (the weights of a sharded model are gathered by all of
+    them), but only process 0 writes `preset_dir`; the others get a private
+    scratch directory, deleted afterwards. The preset is committed only if
+    the block succeeded on every process, and every process returns once it
+    is complete (or raises if any process failed).
+
     Args:
         preset_dir: the preset directory to create or update.
+        keep_existing: bool, see `atomic_directory`.
     """
-    with atomic_directory(preset_dir, keep_existing=True) as tmp:
-        yield tmp
+    if distribution.process_count() == 1:
+        with atomic_directory(preset_dir, keep_existing=keep_existing) as tmp:
+            yield tmp
+        return
+    if not distribution.is_writer():
+        with tempfile.TemporaryDirectory(prefix="gpt2_lib-save-") as tmp:
+            try:
+                yield tmp
+            except BaseException:
+                distribution.all_agree(False)
+                distribution.all_agree(False)
+                raise
+            ok = distribution.all_agree(True)
+        if not ok:
+            distribution.all_agree(False)
+            raise RuntimeError(
+                f"Saving {preset_dir!r} failed on another process (see its error); "
+                "nothing was written."
+            )
+        if not distribution.all_agree(True):
+            raise RuntimeError(
+                f"Process 0 could not write {preset_dir!r} (see its error); the "
+                "previous content, if any, is unchanged."
+            )
+        return
+    committed = False
+    try:
+        with atomic_directory(preset_dir, keep_existing=keep_existing) as tmp:
+            try:
+                yield tmp
+            except BaseException:
+                distribution.all_agree(False)
+                raise
+            if not distribution.all_agree(True):
+                raise RuntimeError(
+                    f"Saving {preset_dir!r} failed on another process (see its "
+                    "error); nothing was written."
+                )
+        committed = True
+    finally:
+        distribution.all_agree(committed)
 
 
 def write_backbone(backbone, directory, max_shard_size=10):

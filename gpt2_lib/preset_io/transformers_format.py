@@ -35,6 +35,7 @@ from gpt2_lib.preset_io.fast_init import initialize_variable
 from gpt2_lib.preset_io.handles import preset_file
 from gpt2_lib.preset_io.weight_table import dtype_fits
 from gpt2_lib.preset_io.weight_table import table_variables
+from gpt2_lib.utils import distribution
 from gpt2_lib.utils.validation import is_integer
 
 CONFIG_FILE = "config.json"
@@ -321,7 +322,7 @@ def transformers_weights_from_backbone(backbone):
     """Transformers-named arrays (`transformer.`-less) for `backbone`."""
     tensors, fused = {}, {}
     for name, part, shape, variable in tensor_plan(backbone):
-        value = keras.ops.convert_to_numpy(variable.value).reshape(shape)
+        value = distribution.gather(variable).reshape(shape)
         if part is None:
             tensors[name] = value
         else:
@@ -495,7 +496,10 @@ def write_transformers_checkpoint(backbone, directory):
 
     config = transformers_config_from_backbone(backbone)
     tensors = {}
-    for name, value in transformers_weights_from_backbone(backbone).items():
+    weights = transformers_weights_from_backbone(backbone)  # every process gathers
+    if not distribution.is_writer():
+        return
+    for name, value in weights.items():
         if keras.backend.standardize_dtype(value.dtype) == "bfloat16":
             value = value.astype("float32")
         tensors["transformer." + name] = np.ascontiguousarray(value)

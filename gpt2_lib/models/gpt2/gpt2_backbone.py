@@ -13,6 +13,8 @@ from gpt2_lib.layers.transformer_decoder import TransformerDecoder
 from gpt2_lib.layers.weight_table import WeightTableEntry
 from gpt2_lib.models.backbone import Backbone
 from gpt2_lib.models.backbone import get_dtype_policy
+from gpt2_lib.models.distribution import BuildScope
+from gpt2_lib.models.distribution import layout_map_for
 from gpt2_lib.preset_io.fast_init import is_skipping
 from gpt2_lib.utils.validation import check_ids
 from gpt2_lib.utils.validation import check_number
@@ -115,65 +117,68 @@ class GPT2Backbone(Backbone):
         layer_norm_epsilon = check_number("layer_norm_epsilon", layer_norm_epsilon, low=0.0, low_inclusive=False)
         policy = get_dtype_policy(dtype)
 
-        # === Layers ===
-        token_embedding = keras.layers.ReversibleEmbedding(
-            input_dim=vocabulary_size,
-            output_dim=hidden_dim,
-            tie_weights=True,
-            embeddings_initializer=_gpt2_initializer(),
-            dtype=policy,
-            name="token_embedding",
-        )
-        position_embedding = PositionEmbedding(
-            sequence_length=max_sequence_length,
-            hidden_dim=hidden_dim,
-            initializer=_gpt2_initializer(),
-            dtype=policy,
-            name="position_embedding",
-        )
-        embeddings_add = keras.layers.Add(dtype=policy, name="embeddings_add")
-        embeddings_dropout = keras.layers.Dropout(
-            dropout, dtype=policy, name="embeddings_dropout"
-        )
-        transformer_layers = [
-            TransformerDecoder(
-                num_heads=num_heads,
-                intermediate_dim=intermediate_dim,
-                dropout=dropout,
-                layer_norm_epsilon=layer_norm_epsilon,
-                kernel_initializer=_gpt2_initializer(),
+        # Under ModelParallel, variables are deferred and then allocated
+        # once, directly sharded (`models.distribution.BuildScope`).
+        with BuildScope() as scope:
+            # === Layers ===
+            token_embedding = keras.layers.ReversibleEmbedding(
+                input_dim=vocabulary_size,
+                output_dim=hidden_dim,
+                tie_weights=True,
+                embeddings_initializer=_gpt2_initializer(),
                 dtype=policy,
-                name=f"transformer_layer_{i}",
+                name="token_embedding",
             )
-            for i in range(num_layers)
-        ]
-        layer_norm = keras.layers.LayerNormalization(
-            epsilon=layer_norm_epsilon, dtype=policy, name="layer_norm"
-        )
+            position_embedding = PositionEmbedding(
+                sequence_length=max_sequence_length,
+                hidden_dim=hidden_dim,
+                initializer=_gpt2_initializer(),
+                dtype=policy,
+                name="position_embedding",
+            )
+            embeddings_add = keras.layers.Add(dtype=policy, name="embeddings_add")
+            embeddings_dropout = keras.layers.Dropout(
+                dropout, dtype=policy, name="embeddings_dropout"
+            )
+            transformer_layers = [
+                TransformerDecoder(
+                    num_heads=num_heads,
+                    intermediate_dim=intermediate_dim,
+                    dropout=dropout,
+                    layer_norm_epsilon=layer_norm_epsilon,
+                    kernel_initializer=_gpt2_initializer(),
+                    dtype=policy,
+                    name=f"transformer_layer_{i}",
+                )
+                for i in range(num_layers)
+            ]
+            layer_norm = keras.layers.LayerNormalization(
+                epsilon=layer_norm_epsilon, dtype=policy, name="layer_norm"
+            )
 
-        # === Functional graph ===
-        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-        position_ids = keras.Input(
-            shape=(None,), dtype="int32", name="position_ids", optional=True
-        )
-        tokens = token_embedding(token_ids)  # (batch, seq, hidden)
-        positions = position_embedding(padding_mask, position_ids)  # (batch, seq, hidden)
-        hidden_states = embeddings_dropout(embeddings_add([tokens, positions]))
-        attention_mask = CausalAttentionMask(name="attention_mask")(padding_mask)  # (batch, 1, seq, seq)
-        for block in transformer_layers:
-            hidden_states = block(hidden_states, attention_mask)
-        sequence_output = layer_norm(hidden_states)
-        super().__init__(
-            inputs={
-                "token_ids": token_ids,
-                "padding_mask": padding_mask,
-                "position_ids": position_ids,
-            },
-            outputs=sequence_output,
-            dtype=policy,
-            **kwargs,
-        )
+            # === Functional graph ===
+            token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+            padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+            position_ids = keras.Input(
+                shape=(None,), dtype="int32", name="position_ids", optional=True
+            )
+            tokens = token_embedding(token_ids)  # (batch, seq, hidden)
+            positions = position_embedding(padding_mask, position_ids)  # (batch, seq, hidden)
+            hidden_states = embeddings_dropout(embeddings_add([tokens, positions]))
+            attention_mask = CausalAttentionMask(name="attention_mask")(padding_mask)  # (batch, 1, seq, seq)
+            for block in transformer_layers:
+                hidden_states = block(hidden_states, attention_mask)
+            sequence_output = layer_norm(hidden_states)
+            super().__init__(
+                inputs={
+                    "token_ids": token_ids,
+                    "padding_mask": padding_mask,
+                    "position_ids": position_ids,
+                },
+                outputs=sequence_output,
+                dtype=policy,
+                **kwargs,
+            )
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
@@ -188,6 +193,7 @@ class GPT2Backbone(Backbone):
         self.position_embedding = position_embedding
         self.transformer_layers = transformer_layers
         self.layer_norm = layer_norm
+        scope.finish(self)
 
     # === Inputs ===
 
@@ -390,41 +396,42 @@ class GPT2Backbone(Backbone):
 
     @classmethod
     def get_layout_map(cls, device_mesh, model_parallel_dim_name="model", data_parallel_dim_name="batch"):
-        """A `keras.distribution.LayoutMap` that shards weights over `model_parallel_dim_name`.
+        """A `keras.distribution.LayoutMap` for `ModelParallel`, from the weight table.
 
-        Embeddings are split along the hidden axis, attention projections
-        along heads, the MLP along its intermediate axis (Megatron style).
+        Attention projections are split by heads, the MLP along its
+        intermediate axis and the embeddings along the hidden axis over
+        `model_parallel_dim_name` (Megatron style); each large matrix's
+        other axis is split over `data_parallel_dim_name` as well when that
+        mesh axis has more than one device (FSDP style, as KerasHub). The
+        map checks each weight's real shape when a backbone is built under
+        it: where the model axis does not divide the heads (12 heads on 8
+        devices, GPT-2 XL's 25 on 4), attention is split along `head_dim`
+        (then `hidden`) instead, with a one-line warning naming the layers.
+        Quantized kernels and LoRA adapters are laid out like the kernels
+        they belong to. Variables without a rule (LayerNorms, a few biases)
+        are replicated. `keras.distribution` places variables on the JAX
+        backend only.
 
         Args:
             device_mesh: a `keras.distribution.DeviceMesh`.
-            model_parallel_dim_name: the mesh axis to shard weights over.
-            data_parallel_dim_name: the mesh axis of the batch.
+            model_parallel_dim_name: the mesh axis to split weights over.
+            data_parallel_dim_name: the mesh axis of the batch (ignored if
+                the mesh has no such axis).
+
+        Returns:
+            A `gpt2_lib.models.distribution.WeightTableLayoutMap`.
 
         Example:
         ```python
-        mesh = keras.distribution.DeviceMesh((1, 8), ["batch", "model"])
+        mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"])
         layout_map = GPT2Backbone.get_layout_map(mesh)
         keras.distribution.set_distribution(
             keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch")
         )
+        causal_lm = gpt2_lib.models.GPT2CausalLM.from_preset("gpt2_base_en")
         ```
         """
-        if model_parallel_dim_name not in device_mesh.axis_names:
-            raise ValueError(
-                f"{model_parallel_dim_name!r} is not an axis of the device mesh "
-                f"{device_mesh.axis_names}."
-            )
-        model = model_parallel_dim_name
-        layout_map = keras.distribution.LayoutMap(device_mesh)
-        layout_map["token_embedding/embeddings"] = (None, model)
-        layout_map["position_embedding/embeddings"] = (None, model)
-        layout_map["transformer_layer.*self_attention.*(query|key|value)/kernel"] = (None, model, None)
-        layout_map["transformer_layer.*self_attention.*(query|key|value)/bias"] = (model, None)
-        layout_map["transformer_layer.*attention_output/kernel"] = (model, None, None)
-        layout_map["transformer_layer.*feedforward_intermediate_dense/kernel"] = (None, model)
-        layout_map["transformer_layer.*feedforward_intermediate_dense/bias"] = (model,)
-        layout_map["transformer_layer.*feedforward_output_dense/kernel"] = (model, None)
-        return layout_map
+        return layout_map_for(device_mesh, model_parallel_dim_name, data_parallel_dim_name)
 
     def get_config(self):
         config = super().get_config()
