@@ -26,3 +26,13 @@ def _reset_keras_state():
     keras.config.set_dtype_policy("float32")
     yield
     keras.config.set_dtype_policy("float32")
+
+
+@pytest.fixture(autouse=True)
+def _doctest_names(doctest_namespace):
+    """Names every docstring example may use without importing them."""
+    import numpy as np
+
+    import gpt2_lib
+
+    doctest_namespace.update({"np": np, "keras": keras, "gpt2_lib": gpt2_lib})

@@ -47,7 +47,7 @@ def dot_product_attention(query, key, value, mask=None, scale=None, is_causal=Fa
     Example:
     >>> q = np.random.rand(2, 5, 4, 8).astype("float32")
     >>> out = dot_product_attention(q, q, q, is_causal=True)
-    >>> out.shape
+    >>> tuple(out.shape)
     (2, 5, 4, 8)
     """
     if scale is None:

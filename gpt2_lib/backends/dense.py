@@ -69,7 +69,7 @@ def dense(layer, inputs):
 
     Example:
     >>> layer = keras.layers.Dense(4)
-    >>> dense(layer, np.ones((2, 3), "float32")).shape
+    >>> tuple(dense(layer, np.ones((2, 3), "float32")).shape)
     (2, 4)
     """
     if not supports_int8(layer):
@@ -126,7 +126,7 @@ def dense_on_rows(layer, inputs):
 
     Example:
     >>> layer = keras.layers.Dense(4)
-    >>> dense_on_rows(layer, np.ones((2, 3, 5), "float32")).shape
+    >>> tuple(dense_on_rows(layer, np.ones((2, 3, 5), "float32")).shape)
     (2, 3, 4)
     """
     shape = ops.shape(inputs)

@@ -39,7 +39,7 @@ class CausalAttentionMask(keras.layers.Layer):
     """`causal_attention_mask` as a layer, for use in a functional graph.
 
     Example:
-    >>> CausalAttentionMask()(np.array([[1, 1, 0]])).shape
+    >>> tuple(CausalAttentionMask()(np.array([[1, 1, 0]])).shape)
     (1, 1, 3, 3)
     """
 

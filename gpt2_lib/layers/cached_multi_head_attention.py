@@ -47,7 +47,7 @@ class CachedMultiHeadAttention(keras.layers.Layer):
     >>> layer = CachedMultiHeadAttention(num_heads=2, key_dim=4)
     >>> x = np.random.rand(1, 3, 8).astype("float32")
     >>> mask = np.tril(np.ones((3, 3), bool))[None, None]
-    >>> layer(x, mask).shape
+    >>> tuple(layer(x, mask).shape)
     (1, 3, 8)
     """
 

@@ -39,7 +39,7 @@ class PositionEmbedding(keras.layers.Layer):
 
     Example:
     >>> layer = PositionEmbedding(sequence_length=16, hidden_dim=8)
-    >>> layer(np.ones((2, 5), "int32")).shape
+    >>> tuple(layer(np.ones((2, 5), "int32")).shape)
     (2, 5, 8)
     """
 

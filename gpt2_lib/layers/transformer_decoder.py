@@ -43,7 +43,7 @@ class TransformerDecoder(keras.layers.Layer):
     >>> block = TransformerDecoder(num_heads=2, intermediate_dim=16)
     >>> x = np.random.rand(1, 3, 8).astype("float32")
     >>> mask = np.tril(np.ones((3, 3), bool))[None, None]
-    >>> block(x, mask).shape
+    >>> tuple(block(x, mask).shape)
     (1, 3, 8)
     """
 

@@ -24,7 +24,7 @@ class Adam(keras.optimizers.Adam):
 
     Example:
     >>> optimizer = gpt2_lib.optimizers.Adam(learning_rate=1e-3)
-    >>> optimizer.get_config()["learning_rate"]
+    >>> round(float(optimizer.get_config()["learning_rate"]), 6)
     0.001
     """
 

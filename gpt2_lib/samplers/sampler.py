@@ -14,8 +14,9 @@ def any_equal(inputs, values, padding_mask):
         padding_mask: a bool tensor broadcastable to `inputs`.
 
     Example:
-    >>> any_equal(np.array([[1, 2, 3]]), [2, 3], np.array([[True, True, False]]))
-    array([[False,  True, False]])
+    >>> found = any_equal(np.array([[1, 2, 3]]), [2, 3], np.array([[True, True, False]]))
+    >>> keras.ops.convert_to_numpy(found).tolist()
+    [[False, True, False]]
     """
     output = ops.equal(inputs, values[0])
     for value in values[1:]:

@@ -84,7 +84,7 @@ class GPT2Backbone(Backbone):
     ...     vocabulary_size=50257, num_layers=2, num_heads=4,
     ...     hidden_dim=64, intermediate_dim=256, max_sequence_length=128,
     ... )
-    >>> model(input_data).shape
+    >>> tuple(model(input_data).shape)
     (1, 12, 64)
     """
 
