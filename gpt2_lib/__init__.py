@@ -20,7 +20,10 @@ __version__ = "0.1.0"
 
 _SUBPACKAGES = ("layers", "models", "optimizers", "samplers", "tokenizers")
 
-__all__ = ["__version__", *_SUBPACKAGES]
+# Functions at the top level, from the module that defines them.
+_FUNCTIONS = {"enable_compilation_cache": "backends.compilation_cache"}
+
+__all__ = ["__version__", *_SUBPACKAGES, *_FUNCTIONS]
 
 
 def __getattr__(name):
@@ -28,8 +31,12 @@ def __getattr__(name):
         module = importlib.import_module(f"{__name__}.{name}")
         globals()[name] = module
         return module
+    if name in _FUNCTIONS:
+        function = getattr(importlib.import_module(f"{__name__}.{_FUNCTIONS[name]}"), name)
+        globals()[name] = function
+        return function
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_SUBPACKAGES))
+    return sorted(set(globals()) | set(_SUBPACKAGES) | set(_FUNCTIONS))
