@@ -227,7 +227,11 @@ def initialize_variable(variable, value):
         # (even a file mapping) as is, unless a cast is needed.
         same = keras.backend.standardize_dtype(value.dtype) == variable.dtype
         initial = value if same else keras.ops.convert_to_tensor(value, variable.dtype)
-    elif keras.backend.backend() == "torch" and _numpy_dtype(variable.dtype) == value.dtype:
+    elif (
+        keras.backend.backend() == "torch"
+        and _numpy_dtype(variable.dtype) == value.dtype
+        and keras.backend.standardize_dtype(value.dtype) != "bfloat16"  # NumPy-only type
+    ):
         # `torch.from_numpy` shares the owned array's memory; Keras'
         # `convert_to_tensor` would copy it once more (`np.array(x)`):
         # 0.8 -> 0.2 s for GPT-2 base (`benchmarks/NOTES.md`).
