@@ -87,8 +87,8 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         self.output_dense = self._dense(
             "btnh,nhd->btd", (None, hidden_dim), "d", "attention_output"
         )
-        for dense in (self.query_dense, self.key_dense, self.value_dense):
-            dense.build(input_shape)
+        for projection in (self.query_dense, self.key_dense, self.value_dense):
+            projection.build(input_shape)
         self.output_dense.build((None, None, self.num_heads, self.key_dim))
         self.built = True
 

@@ -9,7 +9,9 @@ from keras import tree
 
 from gpt2_lib import optimizers
 from gpt2_lib import samplers as samplers_lib
+from gpt2_lib.models import lora
 from gpt2_lib.models.task import Task
+from gpt2_lib.utils.quantization import weights_signature
 from gpt2_lib.utils.text_inputs import canonicalize_texts
 from gpt2_lib.utils.text_inputs import decode_strings
 from gpt2_lib.utils.text_inputs import is_string_data
@@ -80,7 +82,9 @@ class CausalLM(Task):
     Generation is compiled once per input shape and backend (`jax.jit`,
     `tf.function(jit_compile=True)`; eager under `torch.no_grad()` on torch)
     and reused across calls: `generate_function` stays the same object until
-    `compile()` is called again.
+    `compile()` is called again or the weights change structure (quantized,
+    LoRA adapters added or merged, a weight replaced or of another dtype),
+    through the task or its backbone.
 
     Example:
     ```python
@@ -92,6 +96,7 @@ class CausalLM(Task):
 
     def __init__(self, *args, **kwargs):
         self.generate_function = None
+        self._generate_signature = None
         self.sampler = None
         super().__init__(*args, **kwargs)
 
@@ -217,15 +222,30 @@ class CausalLM(Task):
         """
         raise NotImplementedError(f"{type(self).__name__} must implement `generate_step()`.")
 
+    def _post_quantize(self, mode, **kwargs):
+        super()._post_quantize(mode, **kwargs)
+        # Drop the compiled function now: on TensorFlow it holds the float
+        # kernels it captured.
+        self.generate_function = None
+
     def make_generate_function(self):
         """The compiled generation function, built on first use.
 
         Returns a function `(inputs, stop_token_ids) -> outputs` over
         dicts of `"token_ids"` and `"padding_mask"`; it is cached in
-        `self.generate_function` until the next `compile()`.
+        `self.generate_function` until the next `compile()`, or until the
+        weights change structure (`quantize()` on the task or its backbone,
+        LoRA adapters, a dtype change): a compiled function captures the
+        weights it was traced with, so it is rebuilt for the new ones.
         """
-        if self.generate_function is not None:
+        signature = weights_signature(self)
+        if self.generate_function is not None and signature == self._generate_signature:
             return self.generate_function
+        if self._generate_signature is not None and signature != self._generate_signature:
+            # Weights were replaced behind our back (`backbone.quantize()`):
+            # let go of the old tensors on torch too.
+            lora.refresh_torch_parameters(self)
+        self._generate_signature = signature
         backend = keras.config.backend()
         if backend == "torch":
             import torch

@@ -34,6 +34,10 @@ import numpy as np
 from keras import ops
 
 
+# Quantization modes Keras' LoRA supports (QLoRA: adapters on a frozen
+# quantized base); None is the float model.
+QLORA_MODES = (None, "int8", "int4")
+
 # KerasHub's attribute names for the attention projections -> layer names.
 LAYER_NAME_ALIASES = {
     "query_dense": "query",
@@ -244,11 +248,26 @@ def _check_can_adapt(backbone, layers):
                 f"Layer {path!r} has a kernel constraint, which Keras's LoRA "
                 "does not support. Remove the constraint first."
             )
-        if layer.quantization_mode is not None:
+        if layer.quantization_mode not in QLORA_MODES:
             raise ValueError(
-                f"Layer {path!r} is quantized ({layer.quantization_mode}); "
-                "enable LoRA on the float model."
+                f"Layer {path!r} is quantized ({layer.quantization_mode}), and "
+                f"Keras' LoRA does not support {layer.quantization_mode} layers. "
+                "Enable LoRA on the float model, or on an int8/int4 one (QLoRA)."
             )
+
+
+def lora_kernel_shape(layer):
+    """The logical (unpacked) kernel shape the adapters of `layer` factor.
+
+    An int4 layer stores its kernel packed (two values per byte, and
+    flattened to 2D for `EinsumDense`); its adapters follow the original
+    shape, as in Keras' `enable_lora`.
+    """
+    if layer.quantization_mode == "int4":
+        if isinstance(layer, keras.layers.EinsumDense):
+            return tuple(layer.original_kernel_shape)
+        return (layer._orig_input_dim, layer._orig_output_dim)
+    return tuple(layer._kernel.shape)
 
 
 def _trainable_snapshot(backbone):
@@ -273,7 +292,7 @@ def _add_adapters(backbone, layers, rank, alpha, target_layer_names):
             if variable is not layer.lora_kernel_a and variable is not layer.lora_kernel_b:
                 variable.trainable = False
     backbone._lora_state = LoraState(rank, alpha, target_layer_names, layers, snapshot)
-    _refresh_torch_parameters(backbone)
+    refresh_torch_parameters(backbone)
 
 
 def enable_lora(backbone, rank, target_layer_names=None, alpha=None):
@@ -322,18 +341,28 @@ def enable_lora(backbone, rank, target_layer_names=None, alpha=None):
 # === Removing and merging ===
 
 
-def _refresh_torch_parameters(backbone):
-    """Make `backbone.parameters()` list the current variables (torch only).
+def refresh_torch_parameters(model):
+    """Make `model.parameters()` list the current variables (torch only).
 
     Keras's torch layers register their variables in a `torch_params` dict
-    when built; adapters added or deleted later would be missing from (or
-    linger in) `backbone.named_parameters()`. Rebuilding those dicts keeps
-    torch-side optimizers and `state_dict()` right. Other backends have no
+    when built; adapters added or deleted later, or kernels replaced by
+    `quantize()`, would be missing from (or linger in)
+    `model.named_parameters()`, and the replaced tensors would stay in
+    memory. Rebuilding those dicts keeps torch-side optimizers and
+    `state_dict()` right and frees what was replaced. A task keeps its dict
+    as a plain attribute (it is made before `torch.nn.Module.__init__`
+    finishes); it is rebuilt in place the same way. Other backends have no
     such dicts and this does nothing.
     """
-    for layer in [backbone] + list(backbone._flatten_layers(include_self=False)):
+    for layer in [model] + list(model._flatten_layers(include_self=False)):
         if "_torch_params" in getattr(layer, "_modules", {}):
             layer._track_variables()
+        elif "_torch_params" in vars(layer):
+            import torch
+
+            params = {variable.path: variable.value for variable in layer.variables}
+            object.__setattr__(layer, "_torch_params", torch.nn.ParameterDict(params))
+
 
 
 def _delete_variable(layer, name):
@@ -360,7 +389,7 @@ def _remove_adapters(backbone):
     for obj, trainable in state.trainable_before:
         obj.trainable = trainable
     backbone._lora_state = None
-    _refresh_torch_parameters(backbone)
+    refresh_torch_parameters(backbone)
 
 
 def merge_lora_weights(backbone):
@@ -371,6 +400,13 @@ def merge_lora_weights(backbone):
     deleted and every weight gets back the `trainable` flag it had before
     `enable_lora`. Outputs are unchanged (up to float rounding), and the
     backbone saves as an ordinary preset.
+
+    On a quantized base (QLoRA) the merged kernel is requantized in the same
+    mode, exactly as Keras does when it saves a quantized layer with
+    adapters (dequantize, add the update, quantize again with fresh scales):
+    the backbone stays quantized and small, and its outputs move by about
+    one quantization step. For a float fine-tuned model instead, load the
+    adapters (`load_lora_weights`) into the float base and merge there.
 
     Example:
     ```python
@@ -388,9 +424,17 @@ def merge_lora_weights(backbone):
     state = backbone._lora_state
     merged = {}
     for path, layer in state.layers.items():
+        if layer.quantization_mode is not None:
+            # Keras' own dequantize + merge + requantize (what it saves).
+            kernel, scale, zero = layer._get_kernel_with_merged_lora()
+            merged[path] = {"_kernel": kernel, "kernel_scale": scale, "kernel_zero": zero}
+            continue
         delta = ops.matmul(layer.lora_kernel_a, layer.lora_kernel_b)
         kernel = ops.add(ops.cast(layer._kernel, "float32"), (state.alpha / state.rank) * delta)
-        merged[path] = ops.cast(kernel, layer._kernel.dtype)
+        merged[path] = {"_kernel": ops.cast(kernel, layer._kernel.dtype)}
     for path, layer in state.layers.items():
-        layer._kernel.assign(merged[path])
+        for name, value in merged[path].items():
+            if value is not None:
+                variable = getattr(layer, name)
+                variable.assign(ops.cast(value, variable.dtype))
     _remove_adapters(backbone)

@@ -22,6 +22,7 @@ from gpt2_lib.models.lora import _check_can_adapt
 from gpt2_lib.models.lora import _remove_adapters
 from gpt2_lib.models.lora import lora_config
 from gpt2_lib.models.lora import lora_enabled
+from gpt2_lib.models.lora import lora_kernel_shape
 from gpt2_lib.models.lora import resolve_target_layers
 from gpt2_lib.utils.atomic import atomic_file
 from gpt2_lib.utils.distribution import all_agree
@@ -246,7 +247,7 @@ def load_lora_weights(backbone, filepath):
         if getattr(layer, "lora_enabled", False):
             expected = (tuple(layer.lora_kernel_a.shape), tuple(layer.lora_kernel_b.shape))
         else:
-            kernel_shape = tuple(layer._kernel.shape)
+            kernel_shape = lora_kernel_shape(layer)
             expected = (kernel_shape[:-1] + (info["rank"],), (info["rank"], kernel_shape[-1]))
         actual = tuple(array.shape for array in arrays[path])
         if actual != expected:

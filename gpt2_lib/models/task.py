@@ -12,6 +12,8 @@ from gpt2_lib.models import distribution as layouts
 from gpt2_lib.models import lora
 from gpt2_lib.utils import distribution as dist
 from gpt2_lib.utils.classproperty import classproperty
+from gpt2_lib.utils import quantization
+from gpt2_lib.utils.quantization import weights_signature
 from gpt2_lib.utils.text_inputs import decode_strings
 from gpt2_lib.utils.text_inputs import is_string_data
 from gpt2_lib.utils.text_inputs import is_tf_dataset
@@ -145,6 +147,8 @@ class Task(keras.Model):
         self._initialized = True
         if self.backbone is not None:
             self.dtype_policy = self.backbone.dtype_policy
+        # The backbone's checks (clear errors) before Keras' own.
+        self.quantize = quantization.checked_quantize(self.quantize, self._check_quantize)
         if compile:
             self.compile()
 
@@ -272,6 +276,67 @@ class Task(keras.Model):
         tokenizer = getattr(self.preprocessor, "tokenizer", None)
         preset_io.export_to_transformers(self.backbone, path, tokenizer=tokenizer)
 
+    # Quantization -------------------------------------------------------------
+
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Quantize the backbone's weights in place (`Backbone.quantize`).
+
+        The token embedding, which is also the LM head (tied), is quantized
+        with the rest, as in KerasHub. Compiled functions (training,
+        prediction, generation) are rebuilt on their next use. Compile again
+        before `fit()`: the trainable weights changed.
+
+        Args:
+            mode: `"int8"`, `"int4"` or `"float8"` (see `Backbone.quantize`).
+            config: optional `keras.quantizers.QuantizationConfig`.
+            filters: optional regex(es) searched in layer names, or a
+                callable `layer -> bool` (see `Backbone.quantize`).
+            **kwargs: passed to `keras.Model.quantize`.
+
+        Example:
+        >>> import gpt2_lib
+        >>> causal_lm = gpt2_lib.models.GPT2CausalLM.from_preset("gpt2_tiny_shakespeare_en")
+        >>> causal_lm.quantize("int8")
+        >>> causal_lm.compile(sampler="greedy")
+        >>> text = causal_lm.generate("ROMEO:", max_length=16)
+        """
+        self.backbone.quantize(mode, config=config, filters=filters, **kwargs)
+        self.train_function = None
+        self.test_function = None
+        self.predict_function = None
+        self._post_quantize(mode, **kwargs)
+
+    def _check_quantize(self, mode=None, config=None):
+        check = getattr(self.backbone, "check_quantize", None)
+        if check is None:
+            raise ValueError(
+                f"{type(self).__name__} has no gpt2_lib backbone to quantize "
+                f"(backbone: {type(self.backbone).__name__})."
+            )
+        return check(mode, config)
+
+    def _post_quantize(self, mode, **kwargs):
+        # Not Keras' version: on torch it would register the task's parameter
+        # dict as a submodule; refresh it in place instead.
+        lora.refresh_torch_parameters(self)
+
+    def _drop_stale_functions(self):
+        """Forget compiled train/test/predict functions traced with other weights.
+
+        `task.backbone.quantize()` (or any change of the weights' structure)
+        does not go through the task, and TensorFlow's compiled functions
+        keep computing with the weights they captured. Called at the start
+        of `fit`, `evaluate` and `predict`.
+        """
+        signature = weights_signature(self)
+        previous = getattr(self, "_weights_signature", None)
+        if previous is not None and signature != previous:
+            self.train_function = None
+            self.test_function = None
+            self.predict_function = None
+            lora.refresh_torch_parameters(self)
+        self._weights_signature = signature
+
     # `.keras` files ----------------------------------------------------------
 
     def save_assets(self, dir_path):
@@ -372,6 +437,7 @@ class Task(keras.Model):
         nothing (see `gpt2_lib.models.distributed_data`).
         """
         _check_not_empty(x)
+        self._drop_stale_functions()
         distribution = self._distribution()
         if distribution is not None:
             return self._distributed_fit(
@@ -404,6 +470,7 @@ class Task(keras.Model):
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
         """`keras.Model.evaluate`, preprocessing raw strings if a preprocessor is attached."""
         _check_not_empty(x)
+        self._drop_stale_functions()
         x, y, sample_weight, batch_size = self._prepare_data(x, y, sample_weight, batch_size)
         distribution = self._distribution()
         if distribution is not None:
@@ -424,6 +491,7 @@ class Task(keras.Model):
         Under a distribution every process gets the whole result.
         """
         _check_not_empty(x)
+        self._drop_stale_functions()
         x, _, _, batch_size = self._prepare_data(x, batch_size=batch_size, labels=False)
         distribution = self._distribution()
         if distribution is not None:

@@ -10,6 +10,12 @@ safe even while the model still maps that folder's files. The files that
 describe a model in either format are replaced; other files (a README, a
 symlinked folder) are kept.
 
+A quantized backbone is exported dequantized, with a warning: each integer
+kernel becomes the float32 kernel the quantized layer computes with
+(`gpt2_lib.utils.quantization.dequantized_weights`), written from a float
+copy of the backbone. Integer kernels are never written as if they were
+floats.
+
 Example:
 >>> import os, tempfile, gpt2_lib
 >>> backbone = gpt2_lib.models.GPT2Backbone(
@@ -23,12 +29,20 @@ Example:
 """
 
 import os
+import warnings
+
+import keras
 
 from gpt2_lib.preset_io import keras_hub_config as config_files
 from gpt2_lib.preset_io import keras_hub_weights
 from gpt2_lib.preset_io import transformers_format
+from gpt2_lib.preset_io.fast_init import build_and_load
+from gpt2_lib.preset_io.fast_init import initialize_variable
 from gpt2_lib.preset_io.saver import atomic_preset_dir
+from gpt2_lib.preset_io.weight_table import table_entries
+from gpt2_lib.utils import quantization
 from gpt2_lib.utils.atomic import supersede
+from gpt2_lib.utils.layer_variables import layer_variables
 
 # What an export replaces: a Transformers checkpoint's files and a KerasHub
 # preset's (whose `config.json` the export overwrites).
@@ -62,15 +76,61 @@ def write_transformers_tokenizer(tokenizer, directory):
     os.rmdir(staging)
 
 
+def dequantized_copy(backbone):
+    """A float32 copy of a quantized `backbone`: each kernel dequantized.
+
+    The copy has the same config with `dtype="float32"`; quantized layers
+    get `dequantized_weights()` of the original layer, the others a copy of
+    its weights. Each variable is allocated once, from its value.
+    """
+    config = backbone.get_config()
+    config["dtype"] = "float32"
+    sources = table_entries(backbone)
+
+    def load(copy):
+        targets = table_entries(copy)
+        if [entry.path for entry in targets] != [entry.path for entry in sources]:
+            raise ValueError(
+                f"Cannot dequantize {type(backbone).__name__}: its float copy has "
+                "different weight table paths."
+            )
+        for source, target in zip(sources, targets):
+            if source.layer.quantization_mode is None:
+                values = {
+                    name: keras.ops.convert_to_numpy(variable.value)
+                    for name, variable in layer_variables(source.layer)
+                }
+            else:
+                values = quantization.dequantized_weights(source.layer)
+            for name, variable in layer_variables(target.layer):
+                initialize_variable(variable, values[name])
+
+    return build_and_load(lambda: type(backbone).from_config(config), load)
+
+
 def export_to_transformers(backbone, path, tokenizer=None):
     """Write a Transformers GPT-2 checkpoint directory, atomically.
 
+    A quantized backbone is written dequantized to float32, with a warning
+    (see the module docstring).
+
     Args:
-        backbone: the `GPT2Backbone` (float, without LoRA adapters).
+        backbone: the `GPT2Backbone` (without LoRA adapters).
         path: the directory to write: `config.json`, `model.safetensors`
             and, with a tokenizer, `vocab.json` and `merges.txt`.
         tokenizer: optional `GPT2Tokenizer` whose files to include.
     """
+    modes = quantization.quantization_modes(backbone)
+    if modes:
+        warnings.warn(
+            f"{type(backbone).__name__} '{backbone.name}' is quantized "
+            f"({', '.join(modes)}); a Transformers checkpoint holds float weights, "
+            "so it is exported dequantized to float32 (each kernel as the quantized "
+            "layer computes with it). Its outputs match the quantized model's "
+            "within the quantization error; the file is full float32 size.",
+            stacklevel=3,
+        )
+        backbone = dequantized_copy(backbone)
     # With several processes, process 0 writes (`atomic_preset_dir`).
     with atomic_preset_dir(path, keep_existing=True) as tmp:
         supersede(tmp, REPLACED_FILES)

@@ -39,6 +39,7 @@ import numpy as np
 
 from gpt2_lib.preset_io import registry
 from gpt2_lib.preset_io.handles import preset_file
+from gpt2_lib.utils import quantization
 from gpt2_lib.utils.validation import is_integer
 
 CONFIG_FILE = "config.json"
@@ -244,6 +245,46 @@ def _same(value, default):
         except (TypeError, ValueError):
             return False
     return value == default
+
+
+def _is_policy_map(dtype):
+    if isinstance(dtype, keras.dtype_policies.DTypePolicyMap):
+        return True
+    return isinstance(dtype, dict) and dtype.get("class_name") == "DTypePolicyMap"
+
+
+def resolve_dtype(saved, requested, where="config"):
+    """The backbone `dtype` to build with, from the saved one and the user's.
+
+    As KerasHub's `_resolve_dtype`: a saved float dtype is only how the
+    weights were stored, and the model takes the user's `dtype` or else the
+    global policy (None). A saved `DTypePolicyMap` (a quantized model) is
+    kept, since integer kernels cannot be cast; with a float `dtype` from the
+    user it is rebased on it: quantized layers stay quantized, computing in
+    the new dtype, and every other layer takes it. A map from the user is
+    used as is.
+
+    Args:
+        saved: the config's serialized `dtype` (or None).
+        requested: the user's `dtype` argument (None, a name, a policy, a map).
+        where: the config file, for error messages.
+
+    Example:
+    >>> resolve_dtype({"class_name": "DTypePolicy", "config": {"name": "bfloat16"}}, None) is None
+    True
+    """
+    if not _is_policy_map(saved) or _is_policy_map(requested):
+        return requested
+    if requested is None:
+        return saved
+    try:
+        policy_map = keras.dtype_policies.deserialize(saved)
+        return quantization.rebase_policy(policy_map, requested)
+    except (TypeError, ValueError) as e:
+        raise ValueError(
+            f"The {where} holds a quantized model (a per-layer dtype policy map); "
+            f"it cannot be loaded with dtype={requested!r}: {e}"
+        ) from None
 
 
 def build(cls, config, overrides, where):

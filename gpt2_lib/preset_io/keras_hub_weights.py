@@ -365,7 +365,8 @@ def load_backbone_weights(backbone, preset_dir):
                     "match the weights?"
                 )
             stored = _stored_dtype(dataset)
-            if stored.kind == "V" or not dtype_fits(stored, variable):
+            opaque = stored.kind == "V" and stored.name != "bfloat16"
+            if opaque or not dtype_fits(stored, variable):
                 raise ValueError(
                     f"The {where} has dtype {stored}, but the model's "
                     f"{variable.path} is {variable.dtype}: integer data loads only "

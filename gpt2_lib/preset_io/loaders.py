@@ -183,8 +183,13 @@ class KerasHubPreset(PresetLoader):
 
     def backbone_config(self, overrides):
         _, config = self._object(CONFIG_FILE)
-        # Like KerasHub: without a `dtype` argument, the global dtype policy.
-        return {**config["config"], "dtype": None, **overrides}
+        # Like KerasHub: without a `dtype` argument, the global dtype policy;
+        # a quantized model's per-layer policy map is kept (rebased on `dtype`).
+        overrides = dict(overrides)
+        dtype = config_files.resolve_dtype(
+            config["config"].get("dtype"), overrides.pop("dtype", None), self.where()
+        )
+        return {**config["config"], **overrides, "dtype": dtype}
 
     def load_backbone_weights(self, backbone):
         keras_hub_weights.load_backbone_weights(backbone, self.preset_dir)
@@ -242,7 +247,10 @@ class KerasHubPreset(PresetLoader):
                     "Re-save the preset, or pass `backbone=...`."
                 )
             backbone_cls = registry.class_for(backbone["registered_name"])
-            backbone_config = {**backbone["config"], "dtype": dtype}
+            backbone_config = {
+                **backbone["config"],
+                "dtype": config_files.resolve_dtype(backbone["config"].get("dtype"), dtype, where),
+            }
             # Only the backbone is built with deferred variables (a task's
             # optimizer creates variables that cannot be deferred).
             task_config["backbone"] = build_and_load(
