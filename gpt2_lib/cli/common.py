@@ -13,13 +13,14 @@ from gpt2_lib.cli.errors import CLIError
 from gpt2_lib.models import GPT2CausalLM
 
 
-def load_causal_lm(preset, dtype=None, lora=None, need_tokenizer=True):
+def load_causal_lm(preset, dtype=None, lora=None, quantize=None, need_tokenizer=True):
     """`GPT2CausalLM.from_preset(preset)` with the command's options applied.
 
     Args:
         preset: a preset name, handle or directory.
         dtype: None (the preset's) or a dtype name for weights and compute.
         lora: optional `.lora.h5` file of adapters, loaded and merged.
+        quantize: optional `quantize()` mode, applied last (after merging).
         need_tokenizer: fail clearly when the preset has no preprocessor.
     """
     kwargs = {} if dtype is None else {"dtype": dtype}
@@ -33,7 +34,8 @@ def load_causal_lm(preset, dtype=None, lora=None, need_tokenizer=True):
         lm.backbone.load_lora_weights(lora)
         # The same function, one matmul per layer fewer.
         lm.backbone.merge_lora_weights()
-    # The quantization work applies `--quantize` here.
+    if quantize is not None:
+        lm.quantize(quantize)
     return lm
 
 

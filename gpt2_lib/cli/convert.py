@@ -36,8 +36,12 @@ def _write(model, args):
 def run(args):
     start = time.perf_counter()
     model = load_model(args.source, args.dtype)
+    if args.quantize is not None:
+        model.quantize(args.quantize)
     loaded = time.perf_counter()
     kind = "backbone only" if isinstance(model, Backbone) else "backbone + tokenizer"
+    if args.quantize is not None:
+        kind += f", {args.quantize} weights"
     try:
         # Keras' serialization imports TensorFlow when it is installed, whatever the backend.
         with quiet_native_stderr():

@@ -109,7 +109,7 @@ def run(args):
     sampler = make_sampler(args)
     if args.seed is not None:
         seed_everything(args.seed)
-    lm = load_causal_lm(args.preset, dtype=args.dtype, lora=args.lora)
+    lm = load_causal_lm(args.preset, dtype=args.dtype, lora=args.lora, quantize=args.quantize)
     prompt_tokens, start_tokens = _check_against_model(args, lm, prompts)
     lm.compile(sampler=sampler)
     stream = (

@@ -20,7 +20,7 @@ def token_windows(ids, length):
 
 def run(args):
     text = read_text(args.data)
-    lm = load_causal_lm(args.preset, dtype=args.dtype, lora=args.lora)
+    lm = load_causal_lm(args.preset, dtype=args.dtype, lora=args.lora, quantize=args.quantize)
     limit = lm.backbone.max_sequence_length
     if args.sequence_length is not None and args.sequence_length > limit:
         raise CLIError(

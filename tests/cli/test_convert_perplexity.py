@@ -102,3 +102,38 @@ def test_perplexity_errors(tmp_path):
     data = write(tmp_path / "d.txt", TEXT)
     assert_user_error(run_cli("perplexity", data, "--sequence-length", "5000"),
                       "--sequence-length", "max_sequence_length=256")
+
+
+def test_convert_quantize_int8_writes_a_quantized_preset(tmp_path):
+    """convert --quantize int8: a preset in KerasHub's quantized layout that loads
+    quantized and computes what quantizing in Python computes."""
+    output = str(tmp_path / "int8")
+    result = run_cli("convert", PRESET, output, "--quantize", "int8")
+    assert result.returncode == 0, result.stderr
+    assert "int8 weights" in result.stderr
+    loaded = GPT2CausalLM.from_preset(output)
+    assert any("int8" in str(v.dtype) for v in loaded.backbone.weights)
+    reference = GPT2CausalLM.from_preset(PRESET)
+    reference.quantize("int8")
+    token_ids = np.array([[5, 17, 300, 42, 7]], "int32")
+    inputs = {"token_ids": token_ids, "padding_mask": np.ones_like(token_ids, bool)}
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(loaded.backbone(inputs)),
+        keras.ops.convert_to_numpy(reference.backbone(inputs)),
+    )
+    assert_user_error(
+        run_cli("convert", PRESET, str(tmp_path / "hf"), "--to", "transformers",
+                "--quantize", "int8"),
+        "--quantize", "--to keras",
+    )
+
+
+def test_perplexity_with_int8_weights_stays_within_one_percent(tmp_path, shipped_lm):
+    data = write(tmp_path / "held_out.txt", TEXT)
+    result = run_cli("perplexity", data, "--sequence-length", "32", "--json",
+                     "--quantize", "int8")
+    assert result.returncode == 0, result.stderr
+    expected, _ = reference_perplexity(shipped_lm, TEXT, 32)
+    quantized = json.loads(result.stdout)["perplexity"]
+    assert quantized != expected
+    assert quantized == pytest.approx(expected, rel=0.01)

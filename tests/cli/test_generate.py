@@ -169,3 +169,19 @@ def test_max_new_tokens_counts_new_tokens_per_prompt(shipped_lm):
         assert record["text"] == shipped_lm.generate(prompt, max_length=alone)
     streamed = run_cli("generate", prompts[0], "--max-new-tokens", "5", "--sampler", "greedy")
     assert streamed.stdout == json.loads(result.stdout.splitlines()[0])["text"] + "\n"
+
+
+def test_quantize_int8_generates_as_the_quantized_python_model():
+    """--quantize int8 is `lm.quantize("int8")` after loading (and differs from float32)."""
+    from gpt2_lib.models import GPT2CausalLM
+
+    lm = GPT2CausalLM.from_preset("gpt2_tiny_shakespeare_en")
+    lm.quantize("int8")
+    lm.compile(sampler="greedy")
+    expected = lm.generate("ROMEO.", max_length=32)
+    result = run_cli("generate", "ROMEO.", "--sampler", "greedy", "--max-length", "32",
+                     "--quantize", "int8", "--no-stream")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == expected + "\n"
+    assert_user_error(run_cli("generate", "ROMEO.", "--quantize", "int3"),
+                      "--quantize", "'int8', 'int4'")
