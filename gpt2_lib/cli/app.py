@@ -37,6 +37,18 @@ def _silence_stdout():
         pass
 
 
+def _enable_compilation_cache():
+    """JAX's persistent compilation cache, unless its folder cannot be made."""
+    from gpt2_lib.backends.compilation_cache import enable_compilation_cache
+
+    try:
+        # Every program: streaming compiles a prefill and a decode step of
+        # well under the library's 0.5 s threshold each, 1-2 s together.
+        enable_compilation_cache(min_compile_seconds=0)
+    except OSError:  # A read-only home: compile as without the cache.
+        pass
+
+
 def main(argv=None):
     """Run `gpt2-lib` with `argv` (default: `sys.argv[1:]`); returns the exit status.
 
@@ -50,6 +62,8 @@ def main(argv=None):
     try:
         if args.command not in parser_lib.NO_BACKEND_COMMANDS:
             args.backend = backend_lib.activate_backend(args.backend)
+            if hasattr(args, "no_compilation_cache") and not args.no_compilation_cache:
+                _enable_compilation_cache()
         command = importlib.import_module(parser_lib.COMMAND_MODULES[args.command])
         status = command.run(args) or 0
         sys.stdout.flush()

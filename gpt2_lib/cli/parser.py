@@ -118,6 +118,14 @@ def _add_backend(parser, default):
     )
 
 
+def _add_compilation_cache(parser):
+    parser.add_argument(
+        "--no-compilation-cache", action="store_true",
+        help="do not keep compiled XLA programs on disk (JAX; by default they are kept in "
+        "$GPT2_LIB_CACHE or ~/.cache/gpt2_lib, so the next run's first call skips compiling)",
+    )
+
+
 def _add_model_arguments(parser, preset_help):
     """Arguments shared by the commands that load a model to run it."""
     parser.add_argument("--preset", default=DEFAULT_PRESET,
@@ -128,6 +136,7 @@ def _add_model_arguments(parser, preset_help):
                         help="LoRA adapters (from `finetune --output X.lora.h5`) to apply "
                         "to the preset when it is loaded")
     parser.add_argument("--quantize", choices=QUANTIZE_MODES, default=None, help=QUANTIZE_HELP)
+    _add_compilation_cache(parser)
 
 
 def build_parser():
@@ -145,6 +154,7 @@ def build_parser():
         "perplexity": _perplexity_parser(commands),
         "convert": _convert_parser(commands),
     }
+    _add_compilation_cache(parser.command_parsers["finetune"])
     presets = commands.add_parser(
         "presets", help="List the built-in presets.",
         description="List the built-in presets: name, parameters, description, source.",

@@ -7,6 +7,15 @@ from tests.cli.helpers import TEXT
 from tests.cli.helpers import write
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache_folder(tmp_path_factory):
+    """The commands keep compiled programs in a folder of this session, not ~/.cache."""
+    folder = tmp_path_factory.mktemp("gpt2_lib_cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GPT2_LIB_CACHE", str(folder))
+        yield folder
+
+
 @pytest.fixture(scope="session")
 def shipped_lm():
     from gpt2_lib.models import GPT2CausalLM

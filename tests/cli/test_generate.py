@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gpt2_lib import samplers
+from tests.cli.helpers import BACKEND
 from tests.cli.helpers import REPO
 from tests.cli.helpers import assert_user_error
 from tests.cli.helpers import cli_env
@@ -185,3 +186,18 @@ def test_quantize_int8_generates_as_the_quantized_python_model():
     assert result.stdout == expected + "\n"
     assert_user_error(run_cli("generate", "ROMEO.", "--quantize", "int3"),
                       "--quantize", "'int8', 'int4'")
+
+
+def test_compiled_programs_are_kept_unless_told_not_to(tmp_path):
+    """JAX: the command keeps compiled programs in $GPT2_LIB_CACHE by default."""
+    kept, not_kept = tmp_path / "kept", tmp_path / "not_kept"
+    argv = ("generate", "ROMEO.", "--sampler", "greedy", "--max-length", "16")
+    result = run_cli(*argv, env=cli_env(GPT2_LIB_CACHE=str(kept)))
+    assert result.returncode == 0, result.stderr
+    result = run_cli(*argv, "--no-compilation-cache", env=cli_env(GPT2_LIB_CACHE=str(not_kept)))
+    assert result.returncode == 0, result.stderr
+    assert not not_kept.exists()
+    if BACKEND == "jax":
+        assert any((kept / "jax_compilation_cache").iterdir())
+    else:  # nothing to cache: torch compiles nothing, TensorFlow generates without XLA
+        assert not kept.exists()
