@@ -43,14 +43,10 @@ import subprocess
 import sys
 import time
 
-GPT2_BASE = dict(
-    vocabulary_size=50257,
-    num_layers=12,
-    num_heads=12,
-    hidden_dim=768,
-    intermediate_dim=3072,
-    max_sequence_length=1024,
-)
+from gpt2_lib.utils.builtin_presets import preset_config
+
+# GPT-2 base sizes (the built-in preset's config), without dropout.
+GPT2_BASE = {**preset_config("gpt2_base_en"), "dropout": 0.0}
 SHAPES = [(1, 128), (4, 512), (1, 1024)]
 QUICK_SHAPES = [(1, 32), (2, 64)]
 WORKERS = ["transformers", "jax", "torch", "tensorflow"]
@@ -146,7 +142,7 @@ def _keras_forwards(backend, shapes, threads, all_variants, torch_compile=False)
         info["tf"] = tf.__version__
 
     keras.utils.set_random_seed(0)
-    backbone = GPT2Backbone(**GPT2_BASE, dropout=0.0, dtype="float32")
+    backbone = GPT2Backbone(**GPT2_BASE, dtype="float32")
     forwards = {}
     for batch, seq in shapes:
         token_ids, padding_mask = _inputs(batch, seq)

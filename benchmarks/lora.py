@@ -28,22 +28,12 @@ import subprocess
 import sys
 import time
 
-GPT2_BASE = dict(
-    vocabulary_size=50257,
-    num_layers=12,
-    num_heads=12,
-    hidden_dim=768,
-    intermediate_dim=3072,
-    max_sequence_length=1024,
-)
-TINY = dict(
-    vocabulary_size=97,
-    num_layers=2,
-    num_heads=4,
-    hidden_dim=32,
-    intermediate_dim=64,
-    max_sequence_length=64,
-)
+from gpt2_lib.utils.builtin_presets import preset_config
+
+# GPT-2 base sizes (the built-in preset's config), without dropout.
+GPT2_BASE = {**preset_config("gpt2_base_en"), "dropout": 0.0}
+TINY = dict(vocabulary_size=97, num_layers=2, num_heads=4, hidden_dim=32, intermediate_dim=64,
+            max_sequence_length=64, dropout=0.0)
 
 
 def worker(args):
@@ -71,7 +61,7 @@ def worker(args):
     labels = np.roll(data["token_ids"], -1, axis=1)
     for mode in args.modes.split(","):
         keras.utils.set_random_seed(0)
-        backbone = GPT2Backbone(**config, dropout=0.0)
+        backbone = GPT2Backbone(**config)
         if mode == "lora":
             backbone.enable_lora(args.rank)
         model = CausalLM(backbone)

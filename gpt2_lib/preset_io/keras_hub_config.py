@@ -169,6 +169,23 @@ def _check_config(cls, node, where):
             _check_value(cls, key, value, parameters[key], where)
 
 
+def _rewritten_dicts(config, rewrite):
+    """Deep copy of `config` after `rewrite(node)` on each of its dicts, outer first."""
+    config = copy.deepcopy(config)
+
+    def visit(node):
+        if isinstance(node, dict):
+            rewrite(node)
+            for value in node.values():
+                visit(value)
+        elif isinstance(node, list):
+            for value in node:
+                visit(value)
+
+    visit(config)
+    return config
+
+
 def to_gpt2_lib_names(config, where="config"):
     """Deep copy of `config`, every `keras_hub>X` object renamed `gpt2_lib>X`.
 
@@ -177,65 +194,47 @@ def to_gpt2_lib_names(config, where="config"):
     None, module `keras...`) and gpt2_lib/KerasHub classes are allowed, and
     each config is checked against its class (see the module docstring).
     """
-    config = copy.deepcopy(config)
 
-    def visit(node):
-        if isinstance(node, dict):
-            if "class_name" in node and "config" in node:
-                registered = node.get("registered_name")
-                module = node.get("module") or ""
-                if registered is None:
-                    if module and module.split(".")[0] != "keras":
-                        raise ValueError(
-                            f"The {where} refers to {node['class_name']!r} from "
-                            f"module {module!r}; only Keras, KerasHub and "
-                            "gpt2_lib objects can be loaded."
-                        )
-                else:
-                    cls = registry.class_for(
-                        registered, node.get("class_name"), node.get("module"), where
-                    )
-                    node["registered_name"] = f"{registry.PACKAGE}>{cls.__name__}"
-                    node["module"] = cls.__module__
-                    if isinstance(node["config"], dict):
-                        _check_config(cls, node, where)
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
+    def rename(node):
+        if "class_name" not in node or "config" not in node:
+            return
+        registered = node.get("registered_name")
+        module = node.get("module") or ""
+        if registered is None:
+            if module and module.split(".")[0] != "keras":
+                raise ValueError(
+                    f"The {where} refers to {node['class_name']!r} from "
+                    f"module {module!r}; only Keras, KerasHub and "
+                    "gpt2_lib objects can be loaded."
+                )
+            return
+        cls = registry.class_for(registered, node.get("class_name"), node.get("module"), where)
+        node["registered_name"] = f"{registry.PACKAGE}>{cls.__name__}"
+        node["module"] = cls.__module__
+        if isinstance(node["config"], dict):
+            _check_config(cls, node, where)
 
-    visit(config)
-    return config
+    return _rewritten_dicts(config, rename)
 
 
 def to_keras_hub_names(config):
     """Deep copy of a serialized config written with KerasHub's class names."""
-    config = copy.deepcopy(config)
 
-    def visit(node):
-        if isinstance(node, dict):
-            registered = node.get("registered_name")
-            if "class_name" in node and isinstance(registered, str) and ">" in registered:
-                name = registered.split(">", 1)[1]
-                if name in KERAS_HUB_MODULES:
-                    node["registered_name"] = f"{registry.KERAS_HUB}>{name}"
-                    node["module"] = KERAS_HUB_MODULES[name]
-                    inner = node.get("config")
-                    for key, default in KERAS_HUB_UNKNOWN_KEYS.get(name, {}).items():
-                        if isinstance(inner, dict) and key in inner:
-                            if _same(inner[key], default):
-                                del inner[key]
-            for key in ("compile_config", "build_config"):
-                node.pop(key, None)
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
+    def rename(node):
+        registered = node.get("registered_name")
+        if "class_name" in node and isinstance(registered, str) and ">" in registered:
+            name = registered.split(">", 1)[1]
+            if name in KERAS_HUB_MODULES:
+                node["registered_name"] = f"{registry.KERAS_HUB}>{name}"
+                node["module"] = KERAS_HUB_MODULES[name]
+                inner = node.get("config")
+                for key, default in KERAS_HUB_UNKNOWN_KEYS.get(name, {}).items():
+                    if isinstance(inner, dict) and key in inner and _same(inner[key], default):
+                        del inner[key]
+        for key in ("compile_config", "build_config"):
+            node.pop(key, None)
 
-    visit(config)
-    return config
+    return _rewritten_dicts(config, rename)
 
 
 def _same(value, default):

@@ -59,6 +59,15 @@ def get_preset(name):
     return dict(metadata) if metadata is not None else None
 
 
+def preset_config(name):
+    """The backbone config of built-in preset `name` (a new dict), e.g. GPT-2
+    base's sizes for models with random weights."""
+    metadata = get_preset(name)
+    if metadata is None:
+        raise ValueError(unknown_name_message(name))
+    return dict(metadata["config"])
+
+
 def embedded_preset_dir(name):
     """The directory of a built-in preset shipped inside the package.
 

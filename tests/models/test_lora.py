@@ -14,16 +14,9 @@ from gpt2_lib.preset_io.transformers_format import load_transformers_weights
 from tests.hf_reference import random_transformers_gpt2
 from tests.hf_reference import transformers_hidden_states
 from tests.hf_reference import transformers_tensors
+from tests.models.configs import TINY as CONFIG_TINY
 
-TINY = dict(
-    vocabulary_size=97,
-    num_layers=2,
-    num_heads=4,
-    hidden_dim=32,
-    intermediate_dim=64,
-    max_sequence_length=64,
-    dropout=0.0,
-)
+TINY = dict(CONFIG_TINY, dropout=0.0)
 HEAD_DIM = TINY["hidden_dim"] // TINY["num_heads"]
 QUERY_VALUE_PATHS = [
     f"transformer_layer_{i}/self_attention/{name}"

@@ -9,18 +9,12 @@ from gpt2_lib.models import Backbone
 from gpt2_lib.models import GPT2Backbone
 from gpt2_lib.preset_io.transformers_format import backbone_config_from_transformers
 from gpt2_lib.preset_io.transformers_format import load_transformers_weights
+from gpt2_lib.utils.builtin_presets import preset_config
 from tests.hf_reference import random_transformers_gpt2
 from tests.hf_reference import transformers_hidden_states
 from tests.hf_reference import transformers_tensors
+from tests.models.configs import TINY
 
-TINY = dict(
-    vocabulary_size=97,
-    num_layers=2,
-    num_heads=4,
-    hidden_dim=32,
-    intermediate_dim=64,
-    max_sequence_length=64,
-)
 
 
 def tiny_backbone(**overrides):
@@ -56,14 +50,7 @@ def test_issue_example_shapes_and_token_embedding():
 
 
 def test_gpt2_base_parameter_count():
-    model = GPT2Backbone(
-        vocabulary_size=50257,
-        num_layers=12,
-        num_heads=12,
-        hidden_dim=768,
-        intermediate_dim=3072,
-        max_sequence_length=1024,
-    )
+    model = GPT2Backbone(**preset_config("gpt2_base_en"))
     assert model.count_params() == 124_439_808
 
 
