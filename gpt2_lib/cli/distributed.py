@@ -150,6 +150,15 @@ def setup(args):
     processes = process_options(args)
     if processes is not None:
         coordinator, count, index = processes
+        if count > 1 and (args.validation_data or args.validation_split):
+            # Scoring held-out windows inside fit() runs eager ops on
+            # weights spanning processes; their collectives can interleave
+            # differently per process (seen: a hang at the last step).
+            raise CLIError(
+                "--validation-data/--validation-split are not supported with several "
+                "processes yet; validate the saved preset with `gpt2-lib perplexity`, or "
+                "train on one host."
+            )
         keras.distribution.initialize(
             job_addresses=coordinator, num_processes=count, process_id=index
         )
