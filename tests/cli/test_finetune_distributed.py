@@ -118,6 +118,28 @@ def test_model_parallel_interrupted_then_resumed_on_another_mesh(tmp_path, data,
     assert not os.path.exists(output + ".checkpoint")
 
 
+def test_lora_under_model_parallel_equals_one_device(tmp_path, data):
+    """LoRA adapters sharded like their kernels; the merged preset and the adapters
+    file equal the one-device run's."""
+    argv = [*COMMON, "--data", data, "--lora-rank", "2", "--max-steps", "3"]
+    one, mp = str(tmp_path / "one"), str(tmp_path / "mp")
+    result = run_cli(*argv, "--output", one, env=devices_env(1))
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli(*argv, "--output", mp, "--data-parallel", "2", "--model-parallel", "2",
+                     env=devices_env(4))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "ModelParallel" in result.stdout
+    assert_same_weights(mp, one)
+    adapters = []
+    for output in (one, mp):
+        backbone = GPT2Backbone.from_preset(PRESET)
+        backbone.load_lora_weights(os.path.join(output, "adapters.lora.h5"))
+        adapters.append([np.asarray(v.value) for v in backbone.weights if "lora" in v.path])
+    assert len(adapters[0]) == len(adapters[1]) > 0
+    for a, b in zip(*adapters):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
 def test_mesh_that_does_not_match_the_devices(tmp_path, data):
     result = run_cli(*COMMON, "--data", data, "--output", str(tmp_path / "o"),
                      "--data-parallel", "3", "--model-parallel", "2", env=devices_env(4))
