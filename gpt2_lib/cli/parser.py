@@ -262,11 +262,12 @@ def _finetune_parser(commands):
         "--coordinator, --num-processes and its --process-id (or Keras' "
         "KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES and "
         "KERAS_DISTRIBUTION_PROCESS_ID); process 0 writes every file and prints the "
-        "progress.",
+        "progress, --output must be on storage every process reads for --resume, and "
+        "validation is not supported yet.",
     )
     distributed.add_argument("--data-parallel", type=positive_int, default=None, metavar="N",
-                             help="model replicas the batch is split over (default: the "
-                             "devices --model-parallel leaves, when distributing)")
+                             help="model replicas the batch is split over; --batch-size must be "
+                             "a multiple of N (default: the devices --model-parallel leaves)")
     distributed.add_argument("--model-parallel", type=positive_int, default=None, metavar="M",
                              help="devices each weight is split over (default: 1)")
     distributed.add_argument("--coordinator", metavar="HOST:PORT", default=None,
