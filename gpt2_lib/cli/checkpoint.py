@@ -8,6 +8,11 @@ rank, ...). A resumed run must have the same signature, so that the batch
 of each step is the same as in the interrupted run (see `training_data`).
 NumPy arrays only: it loads with `allow_pickle=False`.
 
+Under a `keras.distribution` every process gathers the sharded variables
+(a collective), process 0 writes the file, and a resume loads each value
+straight into its variable's shards; with several hosts the checkpoint must
+be on a filesystem every process reads.
+
 Why not `keras.callbacks.BackupAndRestore`: it restores at the start of the
 interrupted epoch (not at the step), writes its files in place (an
 interruption during a write leaves a broken checkpoint), and does not
@@ -18,10 +23,11 @@ import json
 import os
 import shutil
 
-import keras
 import numpy as np
 
+from gpt2_lib.cli.distributed import run_on_writer
 from gpt2_lib.cli.errors import CLIError
+from gpt2_lib.utils import distribution as dist
 from gpt2_lib.utils.atomic import atomic_file
 from gpt2_lib.utils.atomic import write_text_atomic
 
@@ -45,6 +51,14 @@ def _saved_variables(model):
     return list(model.trainable_variables) + seeds
 
 
+def _assign(variable, value):
+    """`variable.assign(value)`, sharded like the variable under a distribution."""
+    sharding = dist.variable_sharding(variable)
+    if sharding is not None:
+        value = dist.sharded_array(np.asarray(value), sharding, dtype=np.dtype(variable.dtype))
+    variable.assign(value)
+
+
 class Checkpoint:
     """The checkpoint of one `finetune --output OUTPUT` run.
 
@@ -66,11 +80,11 @@ class Checkpoint:
 
     def save(self, model, step, record):
         """Write the state after `step` steps, with `record` (JSON-able) beside it."""
-        os.makedirs(self.directory, exist_ok=True)
         variables = _saved_variables(model)
-        arrays = {f"variable_{i}": keras.ops.convert_to_numpy(v) for i, v in enumerate(variables)}
+        # Sharded values are gathered by every process, in the same order.
+        arrays = {f"variable_{i}": dist.gather(v) for i, v in enumerate(variables)}
         for i, variable in enumerate(model.optimizer.variables):
-            arrays[f"optimizer_{i}"] = keras.ops.convert_to_numpy(variable)
+            arrays[f"optimizer_{i}"] = dist.gather(variable)
         meta = {
             "format": FORMAT_VERSION,
             "step": int(step),
@@ -79,13 +93,22 @@ class Checkpoint:
             "record": record,
         }
         arrays["meta"] = np.asarray(json.dumps(meta))
-        with atomic_file(self.path, suffix=".npz") as tmp:
-            np.savez(tmp, **arrays)
+
+        def write():
+            os.makedirs(self.directory, exist_ok=True)
+            with atomic_file(self.path, suffix=".npz") as tmp:
+                np.savez(tmp, **arrays)
+
+        run_on_writer(write, self.path)
 
     def write_file(self, name, text):
         """Write a side file (e.g. the metrics so far) into the checkpoint folder."""
-        os.makedirs(self.directory, exist_ok=True)
-        write_text_atomic(os.path.join(self.directory, name), text)
+
+        def write():
+            os.makedirs(self.directory, exist_ok=True)
+            write_text_atomic(os.path.join(self.directory, name), text)
+
+        run_on_writer(write, os.path.join(self.directory, name))
 
     def restore(self, model):
         """Load the state into `model` and its optimizer; returns `(step, record)`."""
@@ -111,9 +134,9 @@ class Checkpoint:
                     f"variables, this run has {len(optimizer.variables)}."
                 )
             for i, variable in enumerate(variables):
-                variable.assign(state[f"variable_{i}"])
+                _assign(variable, state[f"variable_{i}"])
             for i, variable in enumerate(optimizer.variables):
-                variable.assign(state[f"optimizer_{i}"])
+                _assign(variable, state[f"optimizer_{i}"])
         return meta["step"], meta["record"]
 
     def _check_signature(self, meta):
@@ -134,4 +157,7 @@ class Checkpoint:
             )
 
     def remove(self):
-        shutil.rmtree(self.directory, ignore_errors=True)
+        """Delete the checkpoint (process 0; every process returns once it is gone)."""
+        if dist.is_writer():
+            shutil.rmtree(self.directory, ignore_errors=True)
+        dist.barrier("gpt2_lib finetune checkpoint removed")

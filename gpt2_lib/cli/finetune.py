@@ -4,6 +4,9 @@ The optimizer is exactly `compile()`'s default ("auto": AdamW, weight decay
 0.01 except on biases, LayerNorm and embeddings, gradient norm clipped to
 1.0) with the learning rate set from `--learning-rate`; the loss and metric
 are compile()'s defaults too.
+
+`--data-parallel`, `--model-parallel` and the multi-process options train
+under a `keras.distribution` (JAX): see `gpt2_lib.cli.distributed`.
 """
 
 import hashlib
@@ -12,8 +15,11 @@ import math
 import os
 import signal
 
+import keras
+
 from gpt2_lib.cli.backend import import_quietly
 from gpt2_lib.cli.backend import quiet_native_stderr
+from gpt2_lib.cli import distributed
 from gpt2_lib.cli.checkpoint import Checkpoint
 from gpt2_lib.cli.common import load_causal_lm
 from gpt2_lib.cli.common import read_documents
@@ -29,6 +35,7 @@ from gpt2_lib.cli.training_callbacks import StepTensorBoard
 from gpt2_lib.cli.training_callbacks import StopSignals
 from gpt2_lib.cli.training_data import PackedWindows
 from gpt2_lib.cli.training_data import TrainingBatches
+from gpt2_lib.utils import distribution as dist
 from gpt2_lib.utils.atomic import atomic_file
 
 DEFAULT_LEARNING_RATE = {"full": 5e-5, "lora": 1e-3}
@@ -98,21 +105,32 @@ def _signature(args):
 
 
 def _save_output(args, lm, checkpoint_dir):
+    """Write the result. Under a distribution every process calls this (the
+    library's savers gather the shards and write on process 0)."""
     if args.output.endswith(".lora.h5"):
-        with atomic_file(args.output, suffix=".lora.h5") as tmp:
-            lm.backbone.save_lora_weights(tmp)
+        if dist.process_count() > 1:  # save_lora_weights: atomic, process 0 writes
+            lm.backbone.save_lora_weights(args.output)
+        else:
+            with atomic_file(args.output, suffix=".lora.h5") as tmp:
+                lm.backbone.save_lora_weights(tmp)
         return f"{args.output} (LoRA adapters, rank {args.lora_rank})"
     if args.lora_rank is None:
         lm.save_to_preset(args.output)
         return f"{args.output} (preset)"
-    os.makedirs(checkpoint_dir, exist_ok=True)
+    if dist.is_writer():
+        os.makedirs(checkpoint_dir, exist_ok=True)
+    dist.barrier("gpt2_lib finetune checkpoint folder")
     adapters = os.path.join(checkpoint_dir, "adapters.lora.h5")
     lm.backbone.save_lora_weights(adapters)
     lm.backbone.merge_lora_weights()
     lm.save_to_preset(args.output)
-    with atomic_file(os.path.join(args.output, "adapters.lora.h5"), suffix=".lora.h5") as tmp:
-        with open(adapters, "rb") as src, open(tmp, "wb") as dst:
-            dst.write(src.read())
+
+    def copy_adapters():
+        with atomic_file(os.path.join(args.output, "adapters.lora.h5"), suffix=".lora.h5") as tmp:
+            with open(adapters, "rb") as src, open(tmp, "wb") as dst:
+                dst.write(src.read())
+
+    distributed.run_on_writer(copy_adapters, os.path.join(args.output, "adapters.lora.h5"))
     return f"{args.output} (preset with the LoRA weights merged, and adapters.lora.h5)"
 
 
@@ -133,6 +151,14 @@ def _clock(seconds):
 
 
 def run(args):
+    # Before anything touches a JAX device (several processes), and before
+    # anything is loaded (a distribution asked for off JAX).
+    distribution = distributed.setup(args)
+    with distributed.writer_output():
+        _run(args, distribution)
+
+
+def _run(args, distribution):
     output = args.output.rstrip("/\\") or args.output
     args.output = output
     checkpoint_dir = output + ".checkpoint"
@@ -158,6 +184,9 @@ def run(args):
     documents, held_out_documents = _read_data(args)
 
     seed_everything(args.seed)
+    if distribution is not None:
+        # Set before loading: from_preset loads every weight straight into its shards.
+        keras.distribution.set_distribution(distribution)
     lm = load_causal_lm(args.preset)
     limit = lm.backbone.max_sequence_length
     if args.sequence_length > limit:
@@ -187,7 +216,7 @@ def run(args):
     what = f"LoRA rank {args.lora_rank}" if args.lora_rank else "all weights"
     print(
         f"fine-tuning {args.preset} ({what}, {trainable:,} trainable parameters, "
-        f"{args.backend} backend) on {len(windows):,} windows of {args.sequence_length} tokens "
+        f"{args.backend} backend{distributed.describe(args, distribution)}) on {len(windows):,} windows of {args.sequence_length} tokens "
         f"({int(windows.targets.sum()):,} tokens), batch {args.batch_size}: {total_steps:,} steps, "
         f"{steps_per_epoch:,} per epoch, learning rate {learning_rate:g}",
         flush=True,
@@ -203,7 +232,8 @@ def run(args):
     if args.resume:
         print(f"resuming at step {start_step} of {total_steps} from {checkpoint_dir}", flush=True)
 
-    batches = TrainingBatches(windows, args.batch_size, args.seed, start_step, total_steps)
+    batches = TrainingBatches(windows, args.batch_size, args.seed, start_step, total_steps,
+                              row_multiple=args.data_parallel or 1)
     signals = StopSignals()
     display = ProgressDisplay(total_steps, start_step, args.log_every)
     monitor = FinetuneMonitor(
@@ -212,7 +242,7 @@ def run(args):
         extra_record=lambda: {"val_before": val_before}, resumed=saved,
     )
     callbacks = [monitor]
-    if args.tensorboard is not None:
+    if args.tensorboard is not None and dist.is_writer():
         callbacks.append(StepTensorBoard(args.tensorboard, start_step))
     with signals:
         lm.fit(batches, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
@@ -229,11 +259,15 @@ def run(args):
         saved_as = _save_output(args, lm, checkpoint_dir)
     summary = _summary(args, record, monitor, val_before, total_steps, learning_rate)
     paths = _metrics_paths(output)
-    record.write_csv(paths["csv"])
-    record.write_json(paths["json"], summary)
     written = [paths["csv"], paths["json"]]
-    if record.write_plot(paths["png"], f"gpt2-lib finetune {args.preset}"):
-        written.append(paths["png"])
+
+    def write_metrics():
+        record.write_csv(paths["csv"])
+        record.write_json(paths["json"], summary)
+        if record.write_plot(paths["png"], f"gpt2-lib finetune {args.preset}"):
+            written.append(paths["png"])
+
+    distributed.run_on_writer(write_metrics, f"the metrics of {output}")
     checkpoint.remove()
     _print_summary(summary, monitor)
     print(f"saved {saved_as}")

@@ -267,6 +267,30 @@ def _finetune_parser(commands):
                           help="continue from the checkpoint an interrupted run left in "
                           "OUTPUT.checkpoint")
     finetune.add_argument("--seed", type=_int, default=1337, help="(default: 1337)")
+    distributed = finetune.add_argument_group(
+        "distributed training (JAX backend; keras.distribution)",
+        "Train on a (data-parallel, model-parallel) mesh of all the devices JAX sees (of "
+        "all processes). Data parallelism splits each --batch-size batch over N model "
+        "replicas; model parallelism splits each weight over M devices. The result is the "
+        "same as on one device. On a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=K "
+        "gives K virtual devices. Several hosts: start the same command on each with "
+        "--coordinator, --num-processes and its --process-id (or Keras' "
+        "KERAS_DISTRIBUTION_JOB_ADDRESSES, KERAS_DISTRIBUTION_NUM_PROCESSES and "
+        "KERAS_DISTRIBUTION_PROCESS_ID); process 0 writes every file and prints the "
+        "progress, --output must be on storage every process reads for --resume, and "
+        "validation is not supported yet.",
+    )
+    distributed.add_argument("--data-parallel", type=positive_int, default=None, metavar="N",
+                             help="model replicas the batch is split over; --batch-size must be "
+                             "a multiple of N (default: the devices --model-parallel leaves)")
+    distributed.add_argument("--model-parallel", type=positive_int, default=None, metavar="M",
+                             help="devices each weight is split over (default: 1)")
+    distributed.add_argument("--coordinator", metavar="HOST:PORT", default=None,
+                             help="address of process 0, which coordinates the processes")
+    distributed.add_argument("--num-processes", type=positive_int, default=None, metavar="P",
+                             help="number of processes (hosts) of the run")
+    distributed.add_argument("--process-id", type=non_negative_int, default=None, metavar="I",
+                             help="this process's index, 0 to P-1 (0 writes the outputs)")
     return finetune
 
 

@@ -21,6 +21,7 @@ import time
 import keras
 
 from gpt2_lib.cli.metrics_record import perplexity
+from gpt2_lib.utils import distribution as dist
 
 
 class StopSignals:
@@ -28,20 +29,37 @@ class StopSignals:
 
     A second signal restores the default action and re-sends itself, which
     ends the process immediately.
+
+    With several processes (`keras.distribution.initialize()`) a signal is
+    only noted when it arrives; `synchronize()`, called by every process at
+    the end of each step, makes `received` the same everywhere (so that
+    every process stops, and validates or checkpoints, at the same step).
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
         self.received = None
+        self._noted = None
         self._previous = {}
+        self._shared = dist.process_count() > 1
 
     def _handle(self, signum, frame):
-        if self.received is not None:
+        if self.received is not None or self._noted is not None:
             signal.signal(signum, signal.SIG_DFL)
             os.kill(os.getpid(), signum)
             return
-        self.received = signum
+        if self._shared:
+            self._noted = signum
+        else:
+            self.received = signum
+
+    def synchronize(self):
+        """Several processes: `received` is set everywhere once any process got a signal."""
+        if not self._shared or self.received is not None:
+            return
+        if not dist.all_agree(self._noted is None):
+            self.received = self._noted or signal.SIGTERM
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -172,6 +190,7 @@ class FinetuneMonitor(keras.callbacks.Callback):
 
     def on_train_batch_end(self, batch, logs=None):
         logs = logs if logs is not None else {}
+        self.signals.synchronize()
         step = self.batches.start_step + batch + 1
         self.step = step
         self._rows += self.batches.batch_rows(step - 1)

@@ -73,15 +73,20 @@ class TrainingBatches(keras.utils.PyDataset):
         seed: int, seeds each epoch's permutation.
         start_step: the first global step to yield (after a resume).
         total_steps: the step at which the run ends.
+        row_multiple: under a distribution, the data-parallel replicas: a
+            batch is padded to a multiple of it with rows that weigh nothing
+            (`gpt2_lib.models.distributed_data`), and Keras' running loss
+            average weighs each batch by its padded rows (`batch_rows`).
     """
 
-    def __init__(self, windows, batch_size, seed, start_step, total_steps):
+    def __init__(self, windows, batch_size, seed, start_step, total_steps, row_multiple=1):
         super().__init__()
         self.windows = windows
         self.batch_size = batch_size
         self.seed = seed
         self.start_step = start_step
         self.total_steps = total_steps
+        self.row_multiple = row_multiple
         self.steps_per_epoch = math.ceil(len(windows) / batch_size)
         self._permutations = {}
 
@@ -100,7 +105,8 @@ class TrainingBatches(keras.utils.PyDataset):
         return int(self.windows.targets[self.rows(step)].sum())
 
     def batch_rows(self, step):
-        return len(self.rows(step))
+        """The rows Keras weighs batch `step` by (padded to `row_multiple`)."""
+        return -(-len(self.rows(step)) // self.row_multiple) * self.row_multiple
 
     def __getitem__(self, index):
         rows = self.rows(self.start_step + index)

@@ -26,3 +26,10 @@ def shipped_lm():
 @pytest.fixture
 def text_file(tmp_path):
     return write(tmp_path / "my.txt", TEXT)
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "multi_process: starts several JAX processes over localhost (runs on the jax pass)",
+    )
