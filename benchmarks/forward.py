@@ -1,8 +1,9 @@
-"""Backbone forward throughput: gpt2_lib on each Keras backend vs Transformers.
+"""Backbone forward throughput: gpt2_lib on each Keras backend vs Transformers (and KerasHub).
 
 One run measures everything side by side. A process can hold only one Keras
 backend, so this script starts one worker process per Keras backend plus one
-for `transformers.GPT2Model`; each worker builds its model (gpt2_base_en size,
+for `transformers.GPT2Model` (and, with `--keras-hub-python`, one per
+`--keras-hub-backends` entry for `keras_hub.models.GPT2Backbone`); each worker builds its model (gpt2_base_en size,
 random weights, float32, dropout off), compiles and warms up every shape, then
 waits for "time this shape" requests. The parent interleaves the requests
 (repeat -> shape -> worker, rotating the worker order) so that noise from other
@@ -18,6 +19,13 @@ materialized (`block_until_ready`, `.numpy()`, or a synchronous CPU call):
 * transformers: `GPT2Model(attn_implementation="sdpa")` under
   `torch.inference_mode()`.
 
+KerasHub's workers run in the Python given by `--keras-hub-python` (a scratch
+environment with keras-hub; it is never a dependency of gpt2_lib) and time its
+`GPT2Backbone`, same config and random-weight float32, exactly as our rows
+are timed (same jit / XLA / graph variants, warm-up and interleaved repeats);
+the table then ends with, per shape, the best gpt2_lib row over the best
+KerasHub row (issue target: at least 1.1x).
+
 `--all-variants` also times `predict_on_batch` and `--torch-compile` adds `torch.compile(backbone)` (minutes to
 compile on 2 cores), to show which path is fastest.
 
@@ -31,7 +39,9 @@ MFU = tokens/s * FLOPs per token / peak, where peak is the best float32
 
 Usage:
     python benchmarks/forward.py            # full table (a few minutes)
-    python benchmarks/forward.py --quick    # smoke test, small shapes
+    python benchmarks/forward.py --quick    # smoke test, tiny model, small shapes
+    python benchmarks/forward.py --keras-hub-python /path/kh-venv/bin/python \
+        --keras-hub-backends jax tensorflow
     python benchmarks/forward.py --threads 2 --all-variants
 """
 
@@ -43,13 +53,17 @@ import subprocess
 import sys
 import time
 
+from generate import SIZES
+
 from gpt2_lib.utils.builtin_presets import preset_config
 
 # GPT-2 base sizes (the built-in preset's config), without dropout.
 GPT2_BASE = {**preset_config("gpt2_base_en"), "dropout": 0.0}
+CONFIGS = {"base": GPT2_BASE, "tiny": {**SIZES["tiny"], "dropout": 0.0}}
 SHAPES = [(1, 128), (4, 512), (1, 1024)]
 QUICK_SHAPES = [(1, 32), (2, 64)]
 WORKERS = ["transformers", "jax", "torch", "tensorflow"]
+KERAS_HUB = "keras_hub-"  # worker name prefix: "keras_hub-jax", "keras_hub-tensorflow"
 
 
 def flops_per_token(seq, config=GPT2_BASE):
@@ -78,38 +92,38 @@ def _set_threads(threads):
     os.environ["TF_NUM_INTRAOP_THREADS"] = str(threads)
 
 
-def _inputs(batch, seq, seed=0):
+def _inputs(batch, seq, config, seed=0):
     import numpy as np
 
     rng = np.random.default_rng(seed)
-    token_ids = rng.integers(0, GPT2_BASE["vocabulary_size"], (batch, seq)).astype("int32")
+    token_ids = rng.integers(0, config["vocabulary_size"], (batch, seq)).astype("int32")
     return token_ids, np.ones((batch, seq), "int32")
 
 
-def _transformers_forwards(shapes, threads, all_variants):
+def _transformers_forwards(config, shapes, threads, all_variants):
     import torch
     import transformers
 
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    config = transformers.GPT2Config(
-        vocab_size=GPT2_BASE["vocabulary_size"],
-        n_positions=GPT2_BASE["max_sequence_length"],
-        n_embd=GPT2_BASE["hidden_dim"],
-        n_layer=GPT2_BASE["num_layers"],
-        n_head=GPT2_BASE["num_heads"],
-        n_inner=GPT2_BASE["intermediate_dim"],
+    hf_config = transformers.GPT2Config(
+        vocab_size=config["vocabulary_size"],
+        n_positions=config["max_sequence_length"],
+        n_embd=config["hidden_dim"],
+        n_layer=config["num_layers"],
+        n_head=config["num_heads"],
+        n_inner=config["intermediate_dim"],
         resid_pdrop=0.0,
         embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
-    model = transformers.GPT2Model._from_config(config, attn_implementation="sdpa").eval()
+    model = transformers.GPT2Model._from_config(hf_config, attn_implementation="sdpa").eval()
     if model.config._attn_implementation != "sdpa":
         raise RuntimeError(f"Expected sdpa attention, got {model.config._attn_implementation}.")
     forwards = {}
     for batch, seq in shapes:
-        token_ids, padding_mask = _inputs(batch, seq)
+        token_ids, padding_mask = _inputs(batch, seq, config)
         ids = torch.tensor(token_ids, dtype=torch.long)
         mask = torch.tensor(padding_mask, dtype=torch.long)
 
@@ -122,12 +136,19 @@ def _transformers_forwards(shapes, threads, all_variants):
     return forwards, info
 
 
-def _keras_forwards(backend, shapes, threads, all_variants, torch_compile=False):
+def _keras_forwards(backend, config, shapes, threads, all_variants, torch_compile=False,
+                    keras_hub=False):
+    """Timed calls of gpt2_lib's GPT2Backbone, or KerasHub's if `keras_hub`."""
     import keras
 
-    from gpt2_lib.models import GPT2Backbone
-
     info = {"keras": keras.__version__}
+    if keras_hub:
+        import keras_hub
+
+        library = keras_hub.models
+        info["keras_hub"] = keras_hub.__version__
+    else:
+        import gpt2_lib.models as library
     if backend == "torch":
         import torch
 
@@ -142,10 +163,10 @@ def _keras_forwards(backend, shapes, threads, all_variants, torch_compile=False)
         info["tf"] = tf.__version__
 
     keras.utils.set_random_seed(0)
-    backbone = GPT2Backbone(**GPT2_BASE, dtype="float32")
+    backbone = library.GPT2Backbone(**config, dtype="float32")
     forwards = {}
     for batch, seq in shapes:
-        token_ids, padding_mask = _inputs(batch, seq)
+        token_ids, padding_mask = _inputs(batch, seq, config)
         np_inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
         inputs = {k: keras.ops.convert_to_tensor(v) for k, v in np_inputs.items()}
         if backend == "jax":
@@ -219,12 +240,16 @@ def _peak_flops(repeats=5, size=2048):
 def worker_main(args):
     _set_threads(args.threads)
     shapes = [tuple(s) for s in json.loads(args.shapes)]
+    config = CONFIGS[args.size]
     if args.worker == "transformers":
-        forwards, info = _transformers_forwards(shapes, args.threads, args.all_variants)
+        forwards, info = _transformers_forwards(config, shapes, args.threads, args.all_variants)
     else:
-        os.environ["KERAS_BACKEND"] = args.worker
+        keras_hub = args.worker.startswith(KERAS_HUB)
+        backend = args.worker[len(KERAS_HUB):] if keras_hub else args.worker
+        os.environ["KERAS_BACKEND"] = backend
         forwards, info = _keras_forwards(
-            args.worker, shapes, args.threads, args.all_variants, args.torch_compile
+            backend, config, shapes, args.threads, args.all_variants, args.torch_compile,
+            keras_hub=keras_hub,
         )
     compile_s = {}
     for key, forward in forwards.items():
@@ -252,8 +277,9 @@ def worker_main(args):
 
 class Worker:
     def __init__(self, name, shapes, args):
+        keras_hub = name.startswith(KERAS_HUB)
         command = [
-            sys.executable,
+            args.keras_hub_python if keras_hub else sys.executable,
             os.path.abspath(__file__),
             "--worker",
             name,
@@ -261,6 +287,8 @@ class Worker:
             json.dumps(shapes),
             "--warmup",
             str(args.warmup),
+            "--size",
+            args.size,
         ]
         if args.threads:
             command += ["--threads", str(args.threads)]
@@ -270,7 +298,7 @@ class Worker:
             command.append("--torch-compile")
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
         if name != "transformers":
-            env["KERAS_BACKEND"] = name
+            env["KERAS_BACKEND"] = name[len(KERAS_HUB):] if keras_hub else name
         repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = repo_root + os.pathsep + env.get("PYTHONPATH", "")
         self.name = name
@@ -314,7 +342,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per shape")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls per shape")
     parser.add_argument("--threads", type=int, default=0, help="threads for every framework")
+    parser.add_argument("--size", choices=sorted(CONFIGS), default=None,
+                        help="model size (default: base; tiny with --quick)")
     parser.add_argument("--backends", default=",".join(WORKERS[1:]), help="Keras backends")
+    parser.add_argument("--keras-hub-python", default=None,
+                        help="Python of an environment with keras-hub: adds KerasHub rows")
+    parser.add_argument("--keras-hub-backends", nargs="+", default=["jax", "tensorflow"],
+                        help="Keras backends for the KerasHub rows")
     parser.add_argument("--all-variants", action="store_true", help="also time alternatives")
     parser.add_argument(
         "--torch-compile", action="store_true", help="also time torch.compile (slow to build)"
@@ -329,10 +363,15 @@ def main(argv=None):
 
     shapes = QUICK_SHAPES if args.quick else SHAPES
     repeats = args.repeats or (2 if args.quick else 5)
+    args.size = args.size or ("tiny" if args.quick else "base")
     names = ["transformers"] + [b for b in args.backends.split(",") if b]
     bad = sorted(set(names) - set(WORKERS))
+    hub_backends = [b for entry in args.keras_hub_backends for b in entry.split(",") if b]
+    bad += sorted(set(hub_backends) - {"jax", "tensorflow", "torch"})
     if bad:
         raise ValueError(f"Unknown backends {bad}; choose from {WORKERS[1:]}.")
+    if args.keras_hub_python:
+        names += [KERAS_HUB + b for b in hub_backends]
 
     # Start workers one at a time so that model building/compiling of one
     # does not slow down another.
@@ -380,7 +419,7 @@ def main(argv=None):
                     variant=key[0],
                     tokens_per_s=tokens_per_s,
                     ratio=reference / median,
-                    mfu=tokens_per_s * flops_per_token(seq) / peak,
+                    mfu=tokens_per_s * flops_per_token(seq, CONFIGS[args.size]) / peak,
                     spread=(max(seconds) - min(seconds)) / median,
                 )
             )
@@ -388,7 +427,7 @@ def main(argv=None):
     print(f"\nfloat32 matmul peak: {peak / 1e9:.0f} GFLOP/s "
           f"(start {json.dumps({k: round(v / 1e9) for k, v in peaks[0].items()})}, "
           f"end {json.dumps({k: round(v / 1e9) for k, v in peaks[1].items()})}); "
-          f"median of {repeats} interleaved calls; total {time.perf_counter() - started:.0f}s\n")
+          f"model {args.size}; median of {repeats} interleaved calls; total {time.perf_counter() - started:.0f}s\n")
     header = "| shape | backend | variant | tokens/s | vs Transformers | MFU | spread |"
     print(header)
     print("|---|---|---|---:|---:|---:|---:|")
@@ -398,6 +437,18 @@ def main(argv=None):
             f"{row['tokens_per_s']:.0f} | {row['ratio']:.2f}x | "
             f"{100 * row['mfu']:.0f}% | {100 * row['spread']:.0f}% |"
         )
+    if args.keras_hub_python:
+        print("\ngpt2_lib vs KerasHub (best row of each per shape; target >= 1.10x):\n")
+        for batch, seq in shapes:
+            shape = f"{batch}x{seq}"
+            ours = max((r for r in rows if r["shape"] == shape and not r["backend"].startswith(KERAS_HUB)
+                        and r["backend"] != "transformers"), key=lambda r: r["tokens_per_s"])
+            theirs = max((r for r in rows if r["shape"] == shape and r["backend"].startswith(KERAS_HUB)),
+                         key=lambda r: r["tokens_per_s"])
+            print(f"* {shape}: {ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}x "
+                  f"(gpt2_lib {ours['backend']} {ours['variant']} {ours['tokens_per_s']:.0f} tokens/s, "
+                  f"KerasHub {theirs['backend'][len(KERAS_HUB):]} {theirs['variant']} "
+                  f"{theirs['tokens_per_s']:.0f} tokens/s)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"peak": peak, "peaks": peaks, "rows": rows, "info": infos}, f, indent=1)
