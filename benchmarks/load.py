@@ -17,6 +17,8 @@ RSS-before + 1.2x the weight bytes.
 new `python -c "import ...; X.from_preset(path)"` timed from outside (start-up,
 imports, backend initialization, loading and exit; nothing subtracted), and
 the child's peak RSS (`ru_maxrss` from `os.wait4`) against the weight bytes.
+(Linux counts the launching process's peak RSS into a child's `ru_maxrss`, so
+the table header prints this driver's own, which stays far below any row.)
 Rows: `import keras` alone per backend (the start-up floor), gpt2_lib's
 `GPT2Backbone.from_preset` per backend (KerasHub-format preset and HF dir),
 `transformers.GPT2LMHeadModel.from_pretrained`, and, given their scratch
@@ -42,6 +44,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 from generate import make_checkpoint
@@ -117,7 +120,7 @@ def warm(path):
     for root, _, files in os.walk(path):
         for name in files:
             with open(os.path.join(root, name), "rb") as f:
-                while f.read(1 << 24):
+                while f.read(1 << 20):  # small reads: this driver's RSS stays low
                     pass
 
 
@@ -155,7 +158,7 @@ def time_process(python, backend, code):
         env["KERAS_BACKEND"] = backend
     if python == sys.executable:  # gpt2_lib from this checkout
         env["PYTHONPATH"] = REPO + os.pathsep + os.environ.get("PYTHONPATH", "")
-    with open(os.devnull, "wb") as devnull, subprocess.TemporaryFile() as stderr:
+    with open(os.devnull, "wb") as devnull, tempfile.TemporaryFile() as stderr:
         start = time.perf_counter()
         process = subprocess.Popen([python, "-c", code], env=env, stdout=devnull, stderr=stderr)
         _, status, usage = os.wait4(process.pid, 0)
