@@ -31,6 +31,8 @@ Usage:
         --ctranslate2-python /path/ct2-venv/bin/python
     python benchmarks/generate.py --quick                # smoke test
     python benchmarks/generate.py --only gpt2_lib --modes float32 int8 --no-train
+    python benchmarks/generate.py --only transformers gpt2_lib --no-train --processes 3 \
+        --compilation-cache "$(mktemp -d)"      # first call of a process with a warm cache
 """
 
 import argparse
@@ -121,6 +123,10 @@ def gpt2_lib_worker(args):
     from gpt2_lib.models import GPT2CausalLM
 
     framework = rss_mb()
+    if args.compilation_cache:
+        import gpt2_lib
+
+        gpt2_lib.enable_compilation_cache(args.compilation_cache)
     keras.utils.set_random_seed(0)
     start = time.perf_counter()
     lm = GPT2CausalLM(GPT2Backbone.from_preset(args.checkpoint, dropout=0.0), preprocessor=None)
@@ -379,6 +385,7 @@ def spawn(row, args, checkpoint):
         "--threads", str(args.threads),
         "--prompt-length", str(args.prompt_length), "--new-tokens", str(args.new_tokens),
         "--batch-sizes", *map(str, args.batch_sizes),
+        *(["--compilation-cache", args.compilation_cache] if args.compilation_cache else []),
     ]
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
@@ -458,6 +465,11 @@ def main():
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--train-length", type=int, default=256, help="tokens per training row")
     parser.add_argument("--no-train", action="store_true")
+    parser.add_argument("--compilation-cache", metavar="DIR", default=None,
+                        help="gpt2_lib rows keep compiled programs in DIR "
+                        "(`gpt2_lib.enable_compilation_cache`): the first process of a row "
+                        "fills it, so with --processes 3 or more the median first call is a "
+                        "later process's, loaded from the cache")
     parser.add_argument("--modes", nargs="+", default=["float32", "int8"])
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
     parser.add_argument("--keras-hub-backends", nargs="+", default=["jax", "tensorflow"])
