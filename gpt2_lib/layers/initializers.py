@@ -6,9 +6,9 @@ import keras
 def clone_initializer(initializer):
     """A fresh copy of `initializer`, so that layers never share RNG state.
 
-    Rebuilt from its config rather than through `keras.initializers.serialize`:
-    Keras' serializer imports TensorFlow when it is installed (seconds and
-    hundreds of MB on the JAX and torch backends).
+    Keras' `Initializer.clone()` (rebuilt from its config; not through
+    `keras.initializers.serialize`, which imports TensorFlow when it is
+    installed), also accepting names, configs and plain functions.
 
     Args:
         initializer: a `keras.initializers.Initializer`, or a name or config
@@ -27,4 +27,4 @@ def clone_initializer(initializer):
     initializer = keras.initializers.get(initializer)
     if not isinstance(initializer, keras.initializers.Initializer):
         return initializer  # A plain function: stateless, nothing to copy.
-    return initializer.__class__.from_config(initializer.get_config())
+    return initializer.clone()
