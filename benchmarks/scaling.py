@@ -68,7 +68,7 @@ PRESETS = {
     "large": "gpt2_large_en",
     "extra_large": "gpt2_extra_large_en",
 }
-BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "int8": 1}
 TARGET = 1.2
 MB = 2**20
 
@@ -166,6 +166,8 @@ def worker(row, args):
     backbone = build_backbone(config, row["dtype"], args.init)
     build_s = time.perf_counter() - start
     lm = GPT2CausalLM(backbone, preprocessor=None)
+    if row.get("quantize"):
+        lm.quantize(row["quantize"])  # the float kernels are freed
     lm.compile(sampler="greedy")
     build_maxrss = rss_mb() * MB
     # Hand freed build temporaries back to the OS (glibc keeps them otherwise:
@@ -220,7 +222,8 @@ def plan(args):
             for size in args.sizes:
                 for dtype in args.dtypes:
                     rows.append(dict(kind="sizes", backend=backend, size=size, dtype=dtype,
-                                     max_length=args.size_length, prompt_length=args.prompt_length))
+                                     max_length=args.size_length, prompt_length=args.prompt_length,
+                                     quantize=args.quantize))
     return rows
 
 
@@ -298,7 +301,8 @@ def print_tables(done, args):
         header = ["backend", "size", "dtype", "build s", "first call s", "decode tok/s", *memory]
         table = []
         for row, r in sizes:
-            cells = [row["backend"], row["size"], row["dtype"]]
+            dtype = row["dtype"] + (f" + {row['quantize']}" if row.get("quantize") else "")
+            cells = [row["backend"], row["size"], dtype]
             if "tokens_per_s" not in r:
                 table.append(cells + failed_cells(r, len(header) - 3))
                 continue
@@ -316,6 +320,9 @@ def main():
                         help="which tables")
     parser.add_argument("--backends", nargs="+", default=["jax", "torch", "tensorflow"])
     parser.add_argument("--sizes", nargs="+", choices=[*PRESETS, "tiny"], default=list(PRESETS))
+    parser.add_argument("--quantize", choices=["int8", "int4"], default=None,
+                        help="model-size rows: quantize() after building; peaks and ratios are "
+                        "against the quantized weights")
     parser.add_argument("--dtypes", nargs="+", choices=sorted(BYTES), default=["float32", "bfloat16"])
     parser.add_argument("--lengths", nargs="+", type=int, default=[128, 512, 1024],
                         help="max_length of the context-length rows")
