@@ -189,7 +189,7 @@ class Backbone(keras.Model):
         >>> backbone.get_config()["dtype"]["class_name"]
         'DTypePolicyMap'
         >>> x = {"token_ids": np.ones((1, 4), "int32"), "padding_mask": np.ones((1, 4), "int32")}
-        >>> backbone(x).shape
+        >>> tuple(backbone(x).shape)
         (1, 4, 8)
         """
         mode = self.check_quantize(mode, config)
