@@ -47,8 +47,10 @@ def _int8_matmul(rows, kernel, kernel_scale, inputs_quantizer, compute_dtype):
         if keras.config.backend() == "jax":
             import jax
 
-            # Converted to int32 here, inside the decoding loop, not hoisted.
-            kernel = jax.lax.optimization_barrier(kernel)
+            # Converted to int32 here, inside the decoding loop, not hoisted:
+            # fenced together with this step's (loop-variant) inputs, since a
+            # barrier over the loop-invariant kernel alone is hoisted with it.
+            kernel, quantized = jax.lax.optimization_barrier((kernel, quantized))
         products = ops.matmul(quantized, kernel)  # int32
         outputs = ops.cast(products, compute_dtype)
         return ops.divide(outputs, ops.multiply(inputs_scale, kernel_scale)), grad
