@@ -14,10 +14,11 @@ Two measured speed-ups, both computing what the Keras layer computes:
   copy of every weight: 1.25x the memory of the float32 model. `dense`
   computes the same products (Keras' own input quantizer, exact int32 sums,
   the same rescaling) with the kernel behind an optimization barrier on
-  JAX, so each layer's kernel is converted inside the loop when it is
-  used: decoding memory stays at the int8 weights, at the speed of the
-  hoisted version (GPT-2 base, batch 1: 36 vs 33 tokens per CPU-second;
-  float32 36; `benchmarks/NOTES.md`). The torch backend has its own int8
+  JAX, fenced together with the step's inputs (a barrier over the
+  loop-invariant kernel alone is hoisted with it), so each layer's kernel
+  is converted inside the loop when it is used: GPT-2 base int8 generation
+  peak 909 -> 757 MB above the process (`benchmarks/scaling.py --quantize
+  int8`; still above the weights, `benchmarks/NOTES.md`). The torch backend has its own int8
   path (`torch_gpt2`).
 """
 
