@@ -114,6 +114,20 @@ def _generation(args, run_batch):
     return results
 
 
+def _keras_generation(lm, args):
+    """`_generation` of a Keras `CausalLM` (gpt2_lib's or KerasHub's) on token-id dicts."""
+
+    def run_batch(ids):
+        inputs = {
+            "token_ids": np.pad(ids, [(0, 0), (0, args.new_tokens)]),
+            "padding_mask": np.pad(np.ones_like(ids, bool), [(0, 0), (0, args.new_tokens)]),
+        }
+        out = lm.generate(inputs, stop_token_ids=None)
+        assert out["token_ids"].shape == (len(ids), args.prompt_length + args.new_tokens)
+
+    return _generation(args, run_batch)
+
+
 def gpt2_lib_worker(args):
     limit_threads(args.threads)
     before = rss_mb()
@@ -136,16 +150,8 @@ def gpt2_lib_worker(args):
     lm.compile(sampler="greedy")
     loaded = rss_mb()
 
-    def run_batch(ids):
-        inputs = {
-            "token_ids": np.pad(ids, [(0, 0), (0, args.new_tokens)]),
-            "padding_mask": np.pad(np.ones_like(ids, bool), [(0, 0), (0, args.new_tokens)]),
-        }
-        out = lm.generate(inputs, stop_token_ids=None)
-        assert out["token_ids"].shape == (len(ids), args.prompt_length + args.new_tokens)
-
     result = {
-        "generate": _generation(args, run_batch),
+        "generate": _keras_generation(lm, args),
         "load_s": load_s,
         "memory_mb": {"framework": framework - before, "after_load": loaded - framework,
                       "peak_generation": rss_mb() - framework},
@@ -206,16 +212,9 @@ def keras_hub_worker(args):
     lm.compile(sampler="greedy")
     loaded = rss_mb()
 
-    def run_batch(ids):
-        inputs = {
-            "token_ids": np.pad(ids, [(0, 0), (0, args.new_tokens)]),
-            "padding_mask": np.pad(np.ones_like(ids, bool), [(0, 0), (0, args.new_tokens)]),
-        }
-        lm.generate(inputs, stop_token_ids=None)
-
     result = {
         "weights": weights,
-        "generate": _generation(args, run_batch),
+        "generate": _keras_generation(lm, args),
         "load_s": load_s,
         "memory_mb": {"framework": framework - before, "after_load": loaded - framework,
                       "peak_generation": rss_mb() - framework},
