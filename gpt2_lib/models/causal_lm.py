@@ -9,6 +9,7 @@ from keras import tree
 
 from gpt2_lib import optimizers
 from gpt2_lib import samplers as samplers_lib
+from gpt2_lib.backends import loop_weights
 from gpt2_lib.models import lora
 from gpt2_lib.models.task import Task
 from gpt2_lib.utils.quantization import weights_signature
@@ -284,6 +285,10 @@ class CausalLM(Task):
         @functools.partial(jax.jit, static_argnames=("stop_token_ids",))
         def compiled(state, inputs, stop_token_ids):
             sampler_values, trainable_values, non_trainable_values = state
+            trainable_values = loop_weights.carry_out(trainable_values, self.trainable_variables)
+            non_trainable_values = loop_weights.carry_out(
+                non_trainable_values, self.non_trainable_variables
+            )
             mapping = itertools.chain(
                 zip(self.sampler.variables, sampler_values),
                 zip(self.trainable_variables, trainable_values),
@@ -297,18 +302,24 @@ class CausalLM(Task):
             ]
             return outputs, sampler_values
 
-        def generate_function(inputs, stop_token_ids=None):
+        def arguments(inputs, stop_token_ids):
             state = (
                 [v.value for v in self.sampler.variables],
-                [v.value for v in self.trainable_variables],
-                [v.value for v in self.non_trainable_variables],
+                loop_weights.carry_in([v.value for v in self.trainable_variables]),
+                loop_weights.carry_in([v.value for v in self.non_trainable_variables]),
             )
-            inputs = tree.map_structure(ops.convert_to_tensor, inputs)
-            outputs, sampler_values = compiled(state, inputs, stop_token_ids)
+            return state, tree.map_structure(ops.convert_to_tensor, inputs), stop_token_ids
+
+        def generate_function(inputs, stop_token_ids=None):
+            outputs, sampler_values = compiled(*arguments(inputs, stop_token_ids))
             for variable, value in zip(self.sampler.variables, sampler_values):
                 variable.assign(value)
             return outputs
 
+        # `jax.stages.Lowered` of a call: `.compile().memory_analysis()`, `.as_text()`.
+        generate_function.lower = lambda inputs, stop_token_ids=None: compiled.lower(
+            *arguments(inputs, stop_token_ids)
+        )
         return generate_function
 
     def _stop_token_ids(self, stop_token_ids):

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from gpt2_lib.backends import torch_gpt2
+from gpt2_lib.backends.loop_weights import per_layer_weights
 from gpt2_lib.layers.attention_mask import CausalAttentionMask
 from gpt2_lib.layers.attention_mask import causal_attention_mask
 from gpt2_lib.layers.position_embedding import PositionEmbedding
@@ -359,20 +360,22 @@ class GPT2Backbone(Backbone):
             `(hidden_states, cache)`: `(batch, seq, hidden)` after the final
             LayerNorm, and the updated cache.
         """
-        hidden_states, attention_mask = self.embed(
-            token_ids, padding_mask, position_ids, query_start=cache_update_index
-        )
+        with per_layer_weights([self.token_embedding, self.position_embedding], token_ids):
+            hidden_states, attention_mask = self.embed(
+                token_ids, padding_mask, position_ids, query_start=cache_update_index
+            )
         if blocks is not None:
             return blocks(hidden_states, attention_mask, cache, cache_update_index)
         caches = []
         for i, block in enumerate(self.transformer_layers):
-            hidden_states, layer_cache = block(
-                hidden_states,
-                attention_mask,
-                cache=cache[:, i, ...],
-                cache_update_index=cache_update_index,
-                training=training,
-            )
+            with per_layer_weights(block, hidden_states):
+                hidden_states, layer_cache = block(
+                    hidden_states,
+                    attention_mask,
+                    cache=cache[:, i, ...],
+                    cache_update_index=cache_update_index,
+                    training=training,
+                )
             caches.append(layer_cache)
         return self.layer_norm(hidden_states), ops.stack(caches, axis=1)
 

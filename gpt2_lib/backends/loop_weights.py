@@ -1,0 +1,173 @@
+"""`per_layer_weights`: low-precision weights widened per layer in XLA:CPU loops.
+
+XLA:CPU has no bfloat16/float16 or int8 matrix product: it widens the
+operands (to float32, or int32 for int8) before every product. Inside
+`generate()`'s loops the weights are loop-invariant, so XLA hoists the
+widened copies out of the loop (bfloat16: a float32 copy of every weight
+carried through decoding), and what it keeps inside the loop it schedules
+early, every layer's widened kernels alive at once. GPT-2 base (batch 1,
+128 positions; `memory_analysis()` of the compiled generate function) needed
+774 MB of temporaries for 237 MB of bfloat16 weights and 342 MB for 122 MB
+of int8 weights (float32: 45 MB for 475 MB).
+
+Within `per_layer_weights(layer, layer_input)` the layer reads its
+low-precision variables through a select on a condition of its input that
+is always true (the sign bit of `|x|` is clear) but that XLA cannot prove.
+The values are unchanged, but they now depend on the layer's input, so
+nothing that widens them runs before the layer or is hoisted out of the
+loop, and each layer's widened kernels live only while it runs: 774 -> 152
+MB (bfloat16; most of it the LM head's float32 copy) and 342 -> 39 MB
+(int8); GPT-2 XL bfloat16 generation peaked at 3.9 GB instead of 10.0 GB
+(`benchmarks/scaling.py`). The price: bfloat16 decoding widens every
+weight on every step instead of reading float32 copies (`benchmarks/NOTES.md`).
+An `optimization_barrier` does not do this: XLA:CPU removes barriers
+before it schedules. Half-precision values are selected on their bits (a
+half-precision select is itself widened, and hoisted), so they enter the
+generate function as zero-copy `uint16` views (`carry_in`) that XLA's
+bitcasts fold into. Float32 weights and other platforms are untouched.
+"""
+
+import contextlib
+import functools
+
+import keras
+
+_LOW_PRECISION = ("bfloat16", "float16", "int8")
+
+
+def supports(layer):
+    """True on JAX on a CPU for a layer with bfloat16/float16/int8 variables."""
+    if keras.config.backend() != "jax":
+        return False
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return False
+    return any(_is_low_precision(v) for v in layer.variables)
+
+
+def _is_low_precision(variable):
+    return keras.backend.standardize_dtype(variable.dtype) in _LOW_PRECISION
+
+
+@contextlib.contextmanager
+def per_layer_weights(layers, layer_input):
+    """Within the block, `layers` read their low-precision variables as values of `layer_input`.
+
+    Must be entered inside the `keras.StatelessScope` that maps the model's
+    variables to traced values (as `CausalLM`'s JAX generate function does),
+    around a call that reads only these layers' variables. Elsewhere, or
+    when no layer is `supports`ed, it does nothing. Gradients pass through
+    unchanged.
+
+    Args:
+        layers: a Keras layer or a list of them (a decoder block, the
+            embeddings).
+        layer_input: the tensor they are about to process.
+
+    Example:
+    >>> backbone = gpt2_lib.models.GPT2Backbone(
+    ...     vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8,
+    ...     intermediate_dim=16, max_sequence_length=8,
+    ... )
+    >>> x = np.ones((1, 2, 8), "float32")
+    >>> with per_layer_weights(backbone.transformer_layers[0], x):  # float32: a no-op
+    ...     pass
+    """
+    layers = layers if isinstance(layers, (list, tuple)) else [layers]
+    if not any(supports(layer) for layer in layers) or _enclosing_scope() is None:
+        yield
+        return
+    import jax
+    import jax.numpy as jnp
+
+    first = jnp.reshape(layer_input, (-1,))[0].astype("float32")
+    # Always true, including for NaN and infinities; not provable by XLA.
+    keep = jax.lax.bitcast_convert_type(jnp.abs(first), jnp.int32) >= 0
+    enclosing = _enclosing_scope()
+    mapping = []
+    for variable in [v for layer in layers for v in layer.variables]:
+        value = enclosing.get_current_value(variable)  # the traced value, not autocast
+        if value is None:
+            continue
+        if _is_low_precision(variable):
+            value = _select(keep, value)
+        mapping.append((variable, value))
+    with keras.StatelessScope(state_mapping=mapping):
+        yield
+
+
+def _select(keep, value):
+    return _jax_select()(keep, value)
+
+
+@functools.cache
+def _jax_select():
+    import jax
+    import jax.numpy as jnp
+
+    @jax.custom_jvp
+    def select(keep, value):
+        """`value` where `keep`, else zeros; on the bits of half-precision values
+        (XLA:CPU widens a half-precision select to float32 and hoists that)."""
+        if value.dtype == jnp.int8:
+            return jnp.where(keep, value, jnp.zeros((), value.dtype))
+        bits = jax.lax.bitcast_convert_type(value, jnp.uint16)
+        bits = jnp.where(keep, bits, jnp.zeros((), jnp.uint16))
+        return jax.lax.bitcast_convert_type(bits, value.dtype)
+
+    @select.defjvp
+    def select_jvp(primals, tangents):  # the identity's (`keep` is always true)
+        return select(*primals), tangents[1]
+
+    return select
+
+
+def carry_in(values):
+    """Values for a jitted generate function: half-precision ones as their bits.
+
+    Single-device CPU arrays of bfloat16/float16 are passed as zero-copy
+    `uint16` views: `per_layer_weights` selects on those bits inside the
+    loop, and XLA folds the bitcasts, where bitcasting a half-precision
+    parameter inside the function would be hoisted as a copy of it. Undo
+    with `carry_out` inside the function.
+    """
+    if keras.config.backend() != "jax":
+        return values
+    import jax
+    import numpy as np
+
+    def view(value):
+        if str(getattr(value, "dtype", "")) not in ("bfloat16", "float16"):
+            return value
+        if not isinstance(value, jax.Array) or len(value.sharding.device_set) != 1:
+            return value
+        if next(iter(value.sharding.device_set)).platform != "cpu":
+            return value
+        # Zero-copy both ways on CPU.
+        return jax.device_put(np.asarray(value).view(np.uint16), value.sharding)
+
+    return [view(value) for value in values]
+
+
+def carry_out(values, variables):
+    """`carry_in`'s values as the `variables`' dtypes again (inside the function)."""
+    if keras.config.backend() != "jax":
+        return values
+    import jax
+    import jax.numpy as jnp
+
+    return [
+        jax.lax.bitcast_convert_type(value, variable.dtype)
+        if value.dtype == jnp.uint16 and keras.backend.standardize_dtype(variable.dtype) != "uint16"
+        else value
+        for value, variable in zip(values, variables)
+    ]
+
+
+def _enclosing_scope():
+    try:
+        from keras.src.backend.common.stateless_scope import get_stateless_scope
+    except ImportError:  # another Keras: do nothing rather than guess
+        return None
+    return get_stateless_scope()
