@@ -8,17 +8,22 @@ Two measured speed-ups, both computing what the Keras layer computes:
   the other. The reshapes are free on every backend.
 * int8 layers on JAX (and TensorFlow, which shares the code): Keras' int8
   `Dense`/`EinsumDense` multiply int8 inputs by the int8 kernel with int32
-  accumulation. XLA:CPU has no int8 matrix product: it converts both
-  operands to int32, and inside `generate()`'s loop it hoists the converted
-  (4-byte) kernels out of the loop, so an int8 model decoded with an int32
-  copy of every weight: 1.25x the memory of the float32 model. `dense`
-  computes the same products (Keras' own input quantizer, exact int32 sums,
-  the same rescaling) with the kernel behind an optimization barrier on
-  JAX, fenced together with the step's inputs (a barrier over the
-  loop-invariant kernel alone is hoisted with it), so each layer's kernel
-  is converted inside the loop when it is used: GPT-2 base int8 generation
-  peak 909 -> 757 MB above the process (`benchmarks/scaling.py --quantize
-  int8`; still above the weights, `benchmarks/NOTES.md`). The torch backend has its own int8
+  accumulation. Inside `generate()`'s loop XLA hoists loop-invariant int32
+  copies of the kernels out of the loop (1.25x the float32 model's memory),
+  so `dense` computes the same products (Keras' own input quantizer, exact
+  int32 sums, the same rescaling) with the kernel behind an optimization
+  barrier on JAX, fenced together with the step's inputs (a barrier over
+  the loop-invariant kernel alone is hoisted with it). XLA:CPU runs an
+  s8 x s8 -> s32 dot of 2 rows or more on YNNPACK, reading the int8 kernel
+  as stored, but converts a single row's operands to int32 (a 4-byte copy
+  of the kernel per step) for a slow int32 loop: batch-1 decoding pads its
+  row with a zero row, and the tied embedding is contracted as stored
+  `(vocab, hidden)` (a transposed int8 copy would be made, and its YNNPACK
+  product is ~6-9x slower). GPT-2 base int8 generation peak 736 -> 417 MB
+  above the process (`benchmarks/scaling.py --quantize int8`), decoding
+  ~1.8x (batch 1) and ~1.9x (batch 8) faster than the unpadded int32 path,
+  1.02-1.07x float32 at batch 1 and 1.03-1.24x at batch 8 (2026-11-29,
+  loaded machine, `benchmarks/NOTES.md`). The torch backend has its own int8
   path (`torch_gpt2`).
 """
 
@@ -34,29 +39,67 @@ def supports_int8(layer):
     )
 
 
-def _int8_matmul(rows, kernel, kernel_scale, inputs_quantizer, compute_dtype):
-    """`(m, k) x int8 (k, n) -> (m, n)` exactly as Keras' int8 layers compute it."""
+def _int8_matmul(
+    rows, kernel, kernel_scale, inputs_quantizer, compute_dtype, transposed=False
+):
+    """`(m, k) x int8 (k, n) -> (m, n)` exactly as Keras' int8 layers compute it.
+
+    `transposed`: `kernel` is stored `(n, k)` (a tied embedding) and is
+    contracted on its last axis without being transposed first.
+    """
 
     @ops.custom_gradient
     def matmul(rows, kernel, kernel_scale):
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
+            if transposed:  # (n, k): one scale per row
+                float_kernel = ops.divide(
+                    ops.cast(kernel, compute_dtype), ops.expand_dims(kernel_scale, -1)
+                )
+                return ops.matmul(upstream, float_kernel), None, None
             float_kernel = ops.divide(ops.cast(kernel, compute_dtype), kernel_scale)
             return ops.matmul(upstream, ops.transpose(float_kernel)), None, None
 
         quantized, inputs_scale = inputs_quantizer(rows, axis=-1)
         if keras.config.backend() == "jax":
-            import jax
-
-            # Converted to int32 here, inside the decoding loop, not hoisted:
-            # fenced together with this step's (loop-variant) inputs, since a
-            # barrier over the loop-invariant kernel alone is hoisted with it.
-            kernel, quantized = jax.lax.optimization_barrier((kernel, quantized))
-        products = ops.matmul(quantized, kernel)  # int32
+            products = _jax_int8_products(quantized, kernel, transposed)
+        else:
+            products = ops.matmul(
+                quantized, ops.transpose(kernel) if transposed else kernel
+            )  # int32
         outputs = ops.cast(products, compute_dtype)
         return ops.divide(outputs, ops.multiply(inputs_scale, kernel_scale)), grad
 
     return matmul(rows, kernel, kernel_scale)
+
+
+def _jax_int8_products(quantized, kernel, transposed):
+    """Exact int32 `quantized @ kernel` on JAX, through XLA:CPU's int8 GEMM.
+
+    XLA:CPU hands an s8 x s8 -> s32 dot with at least 2 rows to YNNPACK,
+    which reads the int8 kernel directly; a single row (batch-1 decoding)
+    is instead converted to int32 (a 4-byte copy of the kernel per step) and
+    multiplied by a slow int32 loop, so a single row is padded with a zero
+    row. A tied embedding is contracted on its last axis as stored: a
+    transposed copy would be materialised (or hoisted out of the loop).
+    """
+    import jax
+
+    # Fenced together with this step's (loop-variant) inputs: XLA must not
+    # hoist a converted or transposed copy of the loop-invariant kernel out
+    # of the decoding loop (a barrier over the kernel alone is hoisted with it).
+    kernel, quantized = jax.lax.optimization_barrier((kernel, quantized))
+    single_row = quantized.shape[0] == 1
+    if single_row:
+        quantized = jax.numpy.pad(quantized, ((0, 1), (0, 0)))
+    contracted = 1 if transposed else 0
+    products = jax.lax.dot_general(
+        quantized,
+        kernel,
+        (((1,), (contracted,)), ((), ())),
+        preferred_element_type="int32",
+    )
+    return products[:1] if single_row else products
 
 
 def dense(layer, inputs):
@@ -109,10 +152,11 @@ def reverse_embedding(layer, hidden_states):
     rows = ops.reshape(hidden_states, (-1, shape[-1]))
     logits = _int8_matmul(
         rows,
-        ops.transpose(layer._embeddings),
+        layer._embeddings,
         ops.reshape(layer.embeddings_scale, (-1,)),
         layer.inputs_quantizer,
         layer.compute_dtype,
+        transposed=True,
     )
     return ops.reshape(logits, shape[:-1] + (layer.input_dim,))
 

@@ -104,3 +104,50 @@ def test_dense_on_rows_keeps_leading_axes():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(out), keras.ops.convert_to_numpy(layers["mlp"](x)), atol=1e-6
     )
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8])
+def test_int8_products_are_exact(rows):
+    """The int8 products are exact int32 sums, so the outputs equal Keras' bit for bit.
+
+    One row (batch-1 decoding) takes a padded path on JAX; kernels of
+    GPT-2's widths (768 in, 3072 in) with saturated int8 values.
+    """
+    rng = np.random.default_rng(3)
+    for in_features, units in ((768, 48), (3072, 40)):
+        keras.utils.set_random_seed(0)
+        layer = keras.layers.Dense(units)
+        layer.build((None, in_features))
+        layer.quantize("int8")
+        kernel = rng.integers(-127, 128, size=(in_features, units)).astype("int8")
+        kernel[:, 0] = 127  # the largest sums an int8 product can reach
+        layer._kernel.assign(kernel)
+        # Positive inputs: column 0's sum nears in_features * 127 * 127.
+        x = np.abs(rng.normal(size=(rows, in_features))).astype("float32")
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(dense(layer, x)), keras.ops.convert_to_numpy(layer(x))
+        )
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_int8_reverse_embedding_exact_and_gradient(rows):
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.ReversibleEmbedding(300, 64)
+    layer.build((None, None))
+    layer.quantize("int8")
+    hidden = np.random.default_rng(4).normal(size=(rows, 1, 64)).astype("float32")
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(reverse_embedding(layer, hidden)),
+        keras.ops.convert_to_numpy(layer(hidden, reverse=True)),
+    )
+    if keras.config.backend() == "jax":
+        import jax
+
+        # Keras' int8 reverse embedding has no input gradient; ours is the
+        # straight-through one of `dense`: upstream @ dequantized embeddings.
+        ours = jax.grad(lambda h: (reverse_embedding(layer, h) ** 2).sum())(hidden)
+        logits = np.asarray(reverse_embedding(layer, hidden))
+        table = np.asarray(layer._embeddings, "float32") / np.asarray(
+            layer.embeddings_scale
+        ).reshape(-1, 1)
+        np.testing.assert_allclose(np.asarray(ours), 2 * logits @ table, rtol=1e-5, atol=1e-5)
