@@ -19,12 +19,12 @@ Two measured speed-ups, both computing what the Keras layer computes:
   of the kernel per step) for a slow int32 loop: batch-1 decoding pads its
   row with a zero row, and the tied embedding is contracted as stored
   `(vocab, hidden)` (a transposed int8 copy would be made, and its YNNPACK
-  product is ~6-9x slower). GPT-2 base int8 generation peak 736 -> 417 MB
-  above the process (`benchmarks/scaling.py --quantize int8`), decoding
-  ~1.8x (batch 1) and ~1.9x (batch 8) faster than the unpadded int32 path,
-  1.02-1.07x float32 at batch 1 and 1.03-1.24x at batch 8 (2026-11-29,
-  loaded machine, `benchmarks/NOTES.md`). The torch backend has its own int8
-  path (`torch_gpt2`).
+  product is ~6-9x slower). With `loop_weights` (each layer's kernels
+  fenced with its input) GPT-2 base int8 generation now peaks at 465 MB
+  above the process instead of 770, and decodes 1.24x (batch 1) and 1.22x
+  (batch 8) as fast as float32, where it was 0.87x and 0.93x
+  (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`). The
+  torch backend has its own int8 path (`torch_gpt2`).
 """
 
 import keras
