@@ -285,14 +285,10 @@ class CausalLM(Task):
         @functools.partial(jax.jit, static_argnames=("stop_token_ids",))
         def compiled(state, inputs, stop_token_ids):
             sampler_values, trainable_values, non_trainable_values = state
-            trainable_values = loop_weights.carry_out(trainable_values, self.trainable_variables)
-            non_trainable_values = loop_weights.carry_out(
-                non_trainable_values, self.non_trainable_variables
-            )
+            variables = self.trainable_variables + self.non_trainable_variables
+            values = loop_weights.carry_out(trainable_values + non_trainable_values, variables)
             mapping = itertools.chain(
-                zip(self.sampler.variables, sampler_values),
-                zip(self.trainable_variables, trainable_values),
-                zip(self.non_trainable_variables, non_trainable_values),
+                zip(self.sampler.variables, sampler_values), zip(variables, values)
             )
             with keras.StatelessScope(state_mapping=mapping) as scope:
                 outputs = self.generate_step(inputs, stop_token_ids)
