@@ -15,10 +15,11 @@ low-precision variables through a select on a condition of its input that
 is always true (the sign bit of `|x|` is clear) but that XLA cannot prove.
 The values are unchanged, but they now depend on the layer's input, so
 nothing that widens them runs before the layer or is hoisted out of the
-loop, and each layer's widened kernels live only while it runs: 774 -> 152
-MB (bfloat16; most of it the LM head's float32 copy) and 342 -> 39 MB
+loop, and each layer's widened kernels live only while it runs; the LM
+head, the largest product, is widened a chunk of the vocabulary at a time
+(`tied_logits`). Temporaries: 774 -> 40 MB (bfloat16) and 342 -> 39 MB
 (int8); GPT-2 XL bfloat16 generation peaked at 3.9 GB instead of 10.0 GB
-(`benchmarks/scaling.py`). The price: bfloat16 decoding widens every
+before the LM head was chunked (`benchmarks/scaling.py`). The price: bfloat16 decoding widens every
 weight on every step instead of reading float32 copies (`benchmarks/NOTES.md`).
 An `optimization_barrier` does not do this: XLA:CPU removes barriers
 before it schedules. Half-precision values are selected on their bits (a
@@ -95,6 +96,67 @@ def per_layer_weights(layers, layer_input):
         mapping.append((variable, value))
     with keras.StatelessScope(state_mapping=mapping):
         yield
+
+
+def tied_logits(layer, hidden_states, chunk=4096):
+    """`dense.reverse_embedding(layer, hidden_states)` inside a generation loop.
+
+    The tied LM head is the largest product: widened whole, a bfloat16
+    GPT-2 table is a 154 MB (base) to 321 MB (XL) float32 temporary on
+    every step. On JAX on a CPU, a half-precision table is multiplied
+    `chunk` vocabulary rows at a time instead (each chunk sliced from its
+    bits, so nothing is hoisted), which widens one chunk at a time. Every
+    other case is `reverse_embedding` with `per_layer_weights`.
+
+    Args:
+        layer: the tied `ReversibleEmbedding`.
+        hidden_states: `(..., hidden)`.
+        chunk: vocabulary rows per product.
+
+    Returns:
+        `(..., vocabulary)` logits.
+
+    Example:
+    >>> layer = keras.layers.ReversibleEmbedding(10, 4)
+    >>> layer.build((None,))
+    >>> tuple(tied_logits(layer, np.ones((2, 3, 4), "float32")).shape)
+    (2, 3, 10)
+    """
+    from gpt2_lib.backends.dense import reverse_embedding
+
+    table = layer.embeddings
+    half = keras.backend.standardize_dtype(table.dtype) in ("bfloat16", "float16")
+    enclosing = _enclosing_scope()
+    if not (
+        half and supports(layer) and enclosing is not None and layer.tie_weights
+        and getattr(layer, "logit_soft_cap", None) is None
+        and enclosing.get_current_value(table) is not None
+        and table.shape[0] > chunk
+    ):
+        with per_layer_weights(layer, hidden_states):
+            return reverse_embedding(layer, hidden_states)
+    import jax
+    import jax.numpy as jnp
+
+    value = enclosing.get_current_value(table)
+    vocabulary, hidden = value.shape
+    shape = tuple(hidden_states.shape)
+    rows = jnp.reshape(hidden_states, (-1, hidden))
+    # Sliced as bits: XLA folds this bitcast into `carry_in`'s (no copy).
+    bits = jax.lax.bitcast_convert_type(value, jnp.uint16)
+
+    def product(i, logits):
+        start = jnp.minimum(i * chunk, vocabulary - chunk)  # the last chunk overlaps
+        part = jax.lax.dynamic_slice_in_dim(bits, start, chunk, axis=0)
+        part = jax.lax.bitcast_convert_type(part, value.dtype)
+        # The product `ReversibleEmbedding` computes, on this chunk.
+        part = keras.ops.matmul(rows, keras.ops.transpose(part))
+        return jax.lax.dynamic_update_slice_in_dim(logits, part, start, axis=1)
+
+    count = -(-vocabulary // chunk)
+    dtype = keras.backend.result_type(rows.dtype, value.dtype)
+    logits = jax.lax.fori_loop(0, count, product, jnp.zeros((rows.shape[0], vocabulary), dtype))
+    return jnp.reshape(logits, shape[:-1] + (vocabulary,))
 
 
 def _select(keep, value):

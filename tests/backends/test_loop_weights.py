@@ -12,7 +12,8 @@ from gpt2_lib.models import GPT2CausalLM
 BACKEND = keras.config.backend()
 jax_only = pytest.mark.skipif(BACKEND != "jax", reason="XLA:CPU loops of the JAX generate function")
 CONFIG = dict(
-    vocabulary_size=4096, num_layers=2, num_heads=4, hidden_dim=128,
+    # A vocabulary over `tied_logits`' chunk (4096): chunked, the last chunk overlapping.
+    vocabulary_size=5000, num_layers=2, num_heads=4, hidden_dim=128,
     intermediate_dim=512, max_sequence_length=64, dropout=0.0,
 )
 
@@ -149,3 +150,33 @@ def test_generation_does_not_hold_every_widened_weight(dtype, quantize, monkeypa
     # (int8 kernels were already widened inside the loop here, behind `dense`'s
     # barrier, but on GPT-2 base all of them at the start of each step: 342 MB.)
     assert fenced < head + 2 * block, (fenced, plain, block, head)
+
+
+@jax_only
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("hidden_dtype", ["float32", "compute"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_tied_logits_in_chunks_equal_the_embedding(dtype, rows, hidden_dtype):
+    """The LM head a chunk of the vocabulary at a time (the last chunk
+    overlapping) gives the tied embedding's own logits, in its dtype, up to
+    the summation order of a narrower product."""
+    import jax
+
+    layer = keras.layers.ReversibleEmbedding(1000, 32, dtype=dtype)
+    layer.build((None,))
+    hidden_dtype = dtype if hidden_dtype == "compute" else hidden_dtype
+    hidden = np.random.default_rng(0).standard_normal((rows, 2, 32)).astype(hidden_dtype)
+    values = [v.value for v in layer.variables]
+
+    @jax.jit
+    def logits(values, hidden):
+        with keras.StatelessScope(state_mapping=list(zip(layer.variables, values))):
+            return loop_weights.tied_logits(layer, hidden, chunk=300)
+
+    expected = layer(hidden, reverse=True)
+    got = logits(values, hidden)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    tolerance = 1e-6 if got.dtype == "float32" else 8e-3  # one bfloat16 step
+    np.testing.assert_allclose(
+        np.asarray(got, "float32"), np.asarray(expected, "float32"), rtol=tolerance, atol=tolerance
+    )

@@ -4,8 +4,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.backends import torch_gpt2
-from gpt2_lib.backends.dense import reverse_embedding
-from gpt2_lib.backends.loop_weights import per_layer_weights
+from gpt2_lib.backends.loop_weights import tied_logits
 from gpt2_lib.models.causal_lm import CausalLM
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
 from gpt2_lib.models.gpt2.gpt2_causal_lm_preprocessor import GPT2CausalLMPreprocessor
@@ -113,8 +112,7 @@ class GPT2CausalLM(CausalLM):
         if blocks is not None:
             logits = blocks.logits(hidden_states)
         else:
-            with per_layer_weights(self.backbone.token_embedding, hidden_states):
-                logits = reverse_embedding(self.backbone.token_embedding, hidden_states)
+            logits = tied_logits(self.backbone.token_embedding, hidden_states)
         return logits, hidden_states, cache
 
     def generation_blocks(self):
