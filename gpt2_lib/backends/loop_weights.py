@@ -17,10 +17,12 @@ The values are unchanged, but they now depend on the layer's input, so
 nothing that widens them runs before the layer or is hoisted out of the
 loop, and each layer's widened kernels live only while it runs; the LM
 head, the largest product, is widened a chunk of the vocabulary at a time
-(`tied_logits`). Temporaries: 774 -> 40 MB (bfloat16) and 342 -> 39 MB
-(int8); GPT-2 XL bfloat16 generation peaked at 3.9 GB instead of 10.0 GB
-before the LM head was chunked (`benchmarks/scaling.py`). The price: bfloat16 decoding widens every
-weight on every step instead of reading float32 copies (`benchmarks/NOTES.md`).
+(`tied_logits`). Temporaries: 774 -> 40 MB (bfloat16) and 342 -> 46 MB
+(int8). GPT-2 XL bfloat16 generation peaks at 3.8 GB instead of 10.1 GB
+(`benchmarks/scaling.py`). The price: bfloat16 decoding widens every
+block weight on every step instead of reading hoisted float32 copies, so XL
+decodes at 2.6 tok/s instead of 5.3. Base is faster (62.1 vs 52.3 tok/s)
+because its chunked LM head stays in cache (`benchmarks/NOTES.md`).
 An `optimization_barrier` does not do this: XLA:CPU removes barriers
 before it schedules. Half-precision values are selected on their bits (a
 half-precision select is itself widened, and hoisted), so they enter the
