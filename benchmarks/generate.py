@@ -143,8 +143,10 @@ def gpt2_lib_worker(args):
         gpt2_lib.enable_compilation_cache(args.compilation_cache)
     keras.utils.set_random_seed(0)
     start = time.perf_counter()
-    lm = GPT2CausalLM(GPT2Backbone.from_preset(args.checkpoint, dropout=0.0), preprocessor=None)
-    if args.mode != "float32":
+    dtype = args.mode if args.mode in ("bfloat16", "float16") else None
+    backbone = GPT2Backbone.from_preset(args.checkpoint, dropout=0.0, dtype=dtype)
+    lm = GPT2CausalLM(backbone, preprocessor=None)
+    if args.mode not in ("float32", "bfloat16", "float16"):
         lm.quantize(args.mode)
     load_s = time.perf_counter() - start
     lm.compile(sampler="greedy")

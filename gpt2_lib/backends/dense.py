@@ -1,6 +1,6 @@
-"""Dense projections: on `(batch * seq, features)` rows, and int8 on XLA.
+"""Dense projections: on `(batch * seq, features)` rows, int8 on XLA, half precision on JAX.
 
-Two measured speed-ups, both computing what the Keras layer computes:
+Three measured speed-ups, all computing what the Keras layer computes:
 
 * `dense_on_rows`: XLA's CPU backward of a 3D x 2D matmul (`(batch, seq,
   hidden) @ (hidden, out)`) runs ~1.4x slower than the same product on 2D
@@ -25,10 +25,22 @@ Two measured speed-ups, both computing what the Keras layer computes:
   (batch 8) as fast as float32, where it was 0.87x and 0.93x
   (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`). The
   torch backend has its own int8 path (`torch_gpt2`).
+* bfloat16/float16 layers on JAX on a CPU (`supports_half`): XLA:CPU
+  computes a half-precision dot with a half-precision result on float32
+  copies of both operands, a widened copy of the kernel on every call
+  (inside `generate()`'s loops hoisted, or written and read again on every
+  step). Asked for a float32 result, it runs a dot of two rows or more on
+  YNNPACK's half-precision GEMM, which reads the kernel as stored, so
+  `dense` asks for that and rounds to the layer's dtype (a single row
+  padded, as for int8). Both sum exact products in float32, in orders that
+  may differ. GPT-2 base bfloat16 on JAX: HALF_FIGURES
 """
 
 import keras
 from keras import ops
+
+HALF_PRECISION = ("bfloat16", "float16")
+
 
 def supports_int8(layer):
     """True for a Keras int8 layer without LoRA, on JAX or TensorFlow."""
@@ -102,25 +114,45 @@ def _jax_int8_products(quantized, kernel, transposed):
     return products[:1] if single_row else products
 
 
-def dense(layer, inputs):
-    """`layer(inputs)` for a `Dense`/`EinsumDense` over the last axes.
+def supports_half(layer):
+    """True for a bfloat16/float16 layer on JAX on a CPU that is not quantized."""
+    if keras.config.backend() != "jax" or layer.compute_dtype not in HALF_PRECISION:
+        return False
+    if getattr(layer, "quantization_mode", None) is not None:
+        return False
+    import jax
 
-    Int8 layers on JAX/TensorFlow take the XLA-friendly int8 product; every
-    other layer is simply called.
+    return jax.default_backend() == "cpu"
 
-    Args:
-        layer: a built `keras.layers.Dense` or `EinsumDense` whose bias spans
-            its output axes (every GPT-2 projection).
-        inputs: `(..., *contracted_axes)`.
 
-    Example:
-    >>> layer = keras.layers.Dense(4)
-    >>> tuple(dense(layer, np.ones((2, 3), "float32")).shape)
-    (2, 4)
+def _half_products(rows, kernel, transposed=False):
+    """`rows @ kernel` for half-precision operands, rounded as Keras rounds it.
+
+    XLA:CPU multiplies a half-precision dot with a half-precision result as
+    float32 copies of both operands (a widened copy of the kernel on every
+    call); asked for a float32 result, a dot of two rows or more runs on
+    YNNPACK's bfloat16/float16 GEMM, which reads the kernel as stored. The
+    products are exact in float32 either way and both accumulate in float32;
+    the sum's order may differ, so the half-precision result may differ in
+    its last bit. A single row is padded with a zero row (one row is
+    converted to float32 for a GEMV), and a tied embedding is contracted as
+    stored `(vocab, hidden)`.
     """
-    if not supports_int8(layer):
-        return layer(inputs)
-    kernel = layer._kernel
+    import jax
+
+    single_row = rows.shape[0] == 1
+    if single_row:
+        rows = jax.numpy.pad(rows, ((0, 1), (0, 0)))
+    contracted = 1 if transposed else 0
+    products = jax.lax.dot_general(
+        rows, kernel, (((1,), (contracted,)), ((), ())), preferred_element_type="float32"
+    )
+    products = products[:1] if single_row else products
+    return products.astype(rows.dtype)
+
+
+def _flattened(layer, inputs, kernel):
+    """`(rows, kernel2d, unflatten)` for a Dense/EinsumDense over the last axes."""
     out_axes = len(layer.bias.shape)
     contracted = len(kernel.shape) - out_axes
     in_features = 1
@@ -129,35 +161,74 @@ def dense(layer, inputs):
     out_shape = tuple(kernel.shape[contracted:])
     batch_shape = tuple(ops.shape(inputs)[: len(inputs.shape) - contracted])
     rows = ops.reshape(inputs, (-1, in_features))
-    kernel_scale = ops.reshape(layer.kernel_scale, (-1,))
+
+    def unflatten(outputs):
+        return ops.reshape(outputs, batch_shape + out_shape)
+
+    return rows, ops.reshape(kernel, (in_features, -1)), unflatten
+
+
+def dense(layer, inputs):
+    """`layer(inputs)` for a `Dense`/`EinsumDense` over the last axes.
+
+    Int8 layers on JAX/TensorFlow take the XLA-friendly int8 product, and
+    half-precision ones on JAX on a CPU YNNPACK's GEMM (`supports_half`);
+    every other layer is simply called.
+
+    Args:
+        layer: a built `keras.layers.Dense` or `EinsumDense` whose bias spans
+            its output axes and without activation (every GPT-2 projection).
+        inputs: `(..., *contracted_axes)`.
+
+    Example:
+    >>> layer = keras.layers.Dense(4)
+    >>> tuple(dense(layer, np.ones((2, 3), "float32")).shape)
+    (2, 4)
+    """
+    if supports_half(layer):
+        kernel = ops.cast(layer.kernel, layer.compute_dtype)  # LoRA included
+        inputs = ops.cast(inputs, layer.compute_dtype)
+        rows, kernel, unflatten = _flattened(layer, inputs, kernel)
+        return unflatten(ops.add(_half_products(rows, kernel), ops.reshape(layer.bias, (-1,))))
+    if not supports_int8(layer):
+        return layer(inputs)
+    rows, kernel, unflatten = _flattened(layer, inputs, layer._kernel)
     outputs = _int8_matmul(
         rows,
-        ops.reshape(kernel, (in_features, -1)),
-        kernel_scale,
+        kernel,
+        ops.reshape(layer.kernel_scale, (-1,)),
         layer.inputs_quantizer,
         layer.compute_dtype,
     )
-    outputs = outputs + ops.reshape(layer.bias, (-1,))
-    return ops.reshape(outputs, batch_shape + out_shape)
+    return unflatten(outputs + ops.reshape(layer.bias, (-1,)))
 
 
 def reverse_embedding(layer, hidden_states):
     """`layer(hidden_states, reverse=True)`: logits of a tied `ReversibleEmbedding`.
 
-    Int8 embeddings on JAX/TensorFlow take the XLA-friendly int8 product.
+    Int8 embeddings on JAX/TensorFlow take the XLA-friendly int8 product,
+    and half-precision ones on JAX on a CPU YNNPACK's GEMM.
     """
-    if not supports_int8(layer) or not layer.tie_weights or layer.logit_soft_cap is not None:
+    if not layer.tie_weights or layer.logit_soft_cap is not None:
         return layer(hidden_states, reverse=True)
     shape = tuple(ops.shape(hidden_states))
-    rows = ops.reshape(hidden_states, (-1, shape[-1]))
-    logits = _int8_matmul(
-        rows,
-        layer._embeddings,
-        ops.reshape(layer.embeddings_scale, (-1,)),
-        layer.inputs_quantizer,
-        layer.compute_dtype,
-        transposed=True,
-    )
+    same_dtype = keras.backend.standardize_dtype(hidden_states.dtype) == layer.compute_dtype
+    if supports_half(layer) and same_dtype and layer.reverse_dtype in (None, layer.compute_dtype):
+        rows = ops.reshape(hidden_states, (-1, shape[-1]))
+        table = ops.cast(layer.embeddings, layer.compute_dtype)
+        logits = _half_products(rows, table, transposed=True)
+    elif supports_int8(layer):
+        rows = ops.reshape(hidden_states, (-1, shape[-1]))
+        logits = _int8_matmul(
+            rows,
+            layer._embeddings,
+            ops.reshape(layer.embeddings_scale, (-1,)),
+            layer.inputs_quantizer,
+            layer.compute_dtype,
+            transposed=True,
+        )
+    else:
+        return layer(hidden_states, reverse=True)
     return ops.reshape(logits, shape[:-1] + (layer.input_dim,))
 
 

@@ -1,7 +1,7 @@
 """`per_layer_weights`: low-precision weights widened per layer in XLA:CPU loops.
 
-XLA:CPU has no bfloat16/float16 or int8 matrix product: it widens the
-operands (to float32, or int32 for int8) before every product. Inside
+XLA:CPU widens bfloat16/float16 and int8 operands (to float32, or int32)
+before most products (not before YNNPACK's GEMMs that `dense` uses). Inside
 `generate()`'s loops the weights are loop-invariant, so XLA hoists the
 widened copies out of the loop (bfloat16: a float32 copy of every weight
 carried through decoding), and what it keeps inside the loop it schedules
@@ -17,17 +17,18 @@ The values are unchanged, but they now depend on the layer's input, so
 nothing that widens them runs before the layer or is hoisted out of the
 loop, and each layer's widened kernels live only while it runs; the LM
 head, the largest product, is widened a chunk of the vocabulary at a time
-(`tied_logits`). Temporaries: 774 -> 40 MB (bfloat16) and 342 -> 46 MB
-(int8). GPT-2 XL bfloat16 generation peaks at 3.8 GB instead of 10.1 GB
-(`benchmarks/scaling.py`). The price: bfloat16 decoding widens every
-block weight on every step instead of reading hoisted float32 copies, so XL
-decodes at 2.6 tok/s instead of 5.3. Base is faster (62.1 vs 52.3 tok/s)
-because its chunked LM head stays in cache (`benchmarks/NOTES.md`).
-An `optimization_barrier` does not do this: XLA:CPU removes barriers
-before it schedules. Half-precision values are selected on their bits (a
-half-precision select is itself widened, and hoisted), so they enter the
-generate function as zero-copy `uint16` views (`carry_in`) that XLA's
-bitcasts fold into. Float32 weights and other platforms are untouched.
+(`tied_logits`). Temporaries: 774 -> 22 MB (bfloat16) and 342 -> 46 MB
+(int8). GPT-2 XL bfloat16 generation peaks at 3.7 GB instead of 10.1 GB
+(`benchmarks/scaling.py`). Half-precision projection kernels are not
+fenced: `dense` multiplies them as stored (YNNPACK's GEMM), so nothing
+widened from them exists to hoist, and a fenced copy would cost a write
+and a read of their bytes on every step (GPT-2 XL decodes at 4.6 tok/s;
+2.6 when every kernel was fenced and widened). Fenced are the embeddings,
+the half-precision vectors (LayerNorm, biases) and every int8 weight. An `optimization_barrier` does not do this: XLA:CPU removes
+barriers before it schedules. Half-precision values are selected on their
+bits (a half-precision select is itself widened, and hoisted), so they
+enter the generate function as zero-copy `uint16` views (`carry_in`) that
+XLA's bitcasts fold into. Float32 weights and other platforms are untouched.
 """
 
 import contextlib
@@ -35,7 +36,10 @@ import functools
 
 import keras
 
-_LOW_PRECISION = ("bfloat16", "float16", "int8")
+from gpt2_lib.backends.dense import HALF_PRECISION
+from gpt2_lib.backends.dense import reverse_embedding
+
+_LOW_PRECISION = HALF_PRECISION + ("int8",)
 
 
 def supports(layer):
@@ -51,6 +55,14 @@ def supports(layer):
 
 def _is_low_precision(variable):
     return keras.backend.standardize_dtype(variable.dtype) in _LOW_PRECISION
+
+
+def _read_as_stored(variable):
+    """A half-precision projection kernel: `dense` multiplies it on YNNPACK as
+    stored, so nothing widened from it can be hoisted (a fenced copy of it
+    would cost a write and a read of its bytes on every step)."""
+    half = keras.backend.standardize_dtype(variable.dtype) in HALF_PRECISION
+    return half and variable.name == "kernel"
 
 
 @contextlib.contextmanager
@@ -93,7 +105,7 @@ def per_layer_weights(layers, layer_input):
         value = enclosing.get_current_value(variable)  # the traced value, not autocast
         if value is None:
             continue
-        if _is_low_precision(variable):
+        if _is_low_precision(variable) and not _read_as_stored(variable):
             value = _select(keep, value)
         mapping.append((variable, value))
     with keras.StatelessScope(state_mapping=mapping):
@@ -124,15 +136,13 @@ def tied_logits(layer, hidden_states, chunk=4096):
     >>> tuple(tied_logits(layer, np.ones((2, 3, 4), "float32")).shape)
     (2, 3, 10)
     """
-    from gpt2_lib.backends.dense import reverse_embedding
-
     table = layer.embeddings
-    half = keras.backend.standardize_dtype(table.dtype) in ("bfloat16", "float16")
+    half = keras.backend.standardize_dtype(table.dtype) in HALF_PRECISION
     enclosing = _enclosing_scope()
+    value = None if enclosing is None else enclosing.get_current_value(table)
     if not (
-        half and supports(layer) and enclosing is not None and layer.tie_weights
+        half and supports(layer) and value is not None and layer.tie_weights
         and getattr(layer, "logit_soft_cap", None) is None
-        and enclosing.get_current_value(table) is not None
         and table.shape[0] > chunk
     ):
         with per_layer_weights(layer, hidden_states):
@@ -140,7 +150,6 @@ def tied_logits(layer, hidden_states, chunk=4096):
     import jax
     import jax.numpy as jnp
 
-    value = enclosing.get_current_value(table)
     vocabulary, hidden = value.shape
     shape = tuple(hidden_states.shape)
     rows = jnp.reshape(hidden_states, (-1, hidden))
@@ -187,22 +196,25 @@ def _jax_select():
     return select
 
 
-def carry_in(values):
-    """Values for a jitted generate function: half-precision ones as their bits.
+def carry_in(variables):
+    """The `variables`' values for a jitted generate function, selected ones as bits.
 
-    Single-device CPU arrays of bfloat16/float16 are passed as zero-copy
-    `uint16` views: `per_layer_weights` selects on those bits inside the
-    loop, and XLA folds the bitcasts, where bitcasting a half-precision
-    parameter inside the function would be hoisted as a copy of it. Undo
-    with `carry_out` inside the function.
+    Single-device CPU arrays of bfloat16/float16 that `per_layer_weights`
+    selects on are passed as zero-copy `uint16` views: it selects on those
+    bits inside the loop, and XLA folds the bitcasts, where bitcasting a
+    half-precision parameter inside the function would be hoisted as a copy
+    of it. Kernels read as stored pass unchanged (their bitcast back would
+    not fold into a reshape: a hoisted copy). Undo with `carry_out` inside
+    the function.
     """
+    values = [variable.value for variable in variables]
     if keras.config.backend() != "jax":
         return values
     import jax
     import numpy as np
 
-    def view(value):
-        if str(getattr(value, "dtype", "")) not in ("bfloat16", "float16"):
+    def view(variable, value):
+        if str(getattr(value, "dtype", "")) not in HALF_PRECISION or _read_as_stored(variable):
             return value
         if not isinstance(value, jax.Array) or len(value.sharding.device_set) != 1:
             return value
@@ -211,7 +223,7 @@ def carry_in(values):
         # Zero-copy both ways on CPU.
         return jax.device_put(np.asarray(value).view(np.uint16), value.sharding)
 
-    return [view(value) for value in values]
+    return [view(variable, value) for variable, value in zip(variables, values)]
 
 
 def carry_out(values, variables):

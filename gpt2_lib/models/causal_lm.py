@@ -301,8 +301,8 @@ class CausalLM(Task):
         def arguments(inputs, stop_token_ids):
             state = (
                 [v.value for v in self.sampler.variables],
-                loop_weights.carry_in([v.value for v in self.trainable_variables]),
-                loop_weights.carry_in([v.value for v in self.non_trainable_variables]),
+                loop_weights.carry_in(self.trainable_variables),
+                loop_weights.carry_in(self.non_trainable_variables),
             )
             return state, tree.map_structure(ops.convert_to_tensor, inputs), stop_token_ids
 

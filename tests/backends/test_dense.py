@@ -151,3 +151,113 @@ def test_int8_reverse_embedding_exact_and_gradient(rows):
             layer.embeddings_scale
         ).reshape(-1, 1)
         np.testing.assert_allclose(np.asarray(ours), 2 * logits @ table, rtol=1e-5, atol=1e-5)
+
+
+JAX = keras.config.backend() == "jax"
+jax_only = pytest.mark.skipif(not JAX, reason="YNNPACK's half-precision GEMM is XLA:CPU's (JAX)")
+HALF_STEP = {"bfloat16": 2.0**-8, "float16": 2.0**-11}  # half the spacing at 1
+
+
+def _assert_half_close(actual, expected, dtype):
+    """Equal up to one rounding of the half-precision result (the float32
+    sums may be taken in another order)."""
+    actual = keras.ops.convert_to_numpy(keras.ops.cast(actual, "float32"))
+    expected = keras.ops.convert_to_numpy(keras.ops.cast(expected, "float32"))
+    step = 2 * HALF_STEP[dtype]
+    np.testing.assert_allclose(actual, expected, rtol=step, atol=step * np.abs(expected).max())
+
+
+def _half_layers(dtype, rows):
+    keras.utils.set_random_seed(0)
+    query = keras.layers.EinsumDense("btd,dnh->btnh", (None, 4, 8), bias_axes="nh", dtype=dtype)
+    query.build((None, None, 32))
+    mlp = keras.layers.Dense(64, dtype=dtype)
+    mlp.build((None, 32))
+    rng = np.random.default_rng(1)
+    for layer in (query, mlp):
+        layer.bias.assign(rng.normal(size=layer.bias.shape).astype("float32"))
+    # float32 inputs: the layers (and `dense`) cast them to their compute dtype
+    inputs = {"query": rng.normal(size=(rows, 1, 32)), "mlp": rng.normal(size=(rows, 32))}
+    return {"query": query, "mlp": mlp}, {k: v.astype("float32") for k, v in inputs.items()}
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("name", ["query", "mlp"])
+def test_half_precision_dense_equals_the_layer(name, dtype, rows):
+    layers, inputs = _half_layers(dtype, rows)
+    layer, x = layers[name], inputs[name]
+    assert dense_module.supports_half(layer) == JAX
+    expected, actual = layer(x), dense(layer, x)
+    assert keras.backend.standardize_dtype(actual.dtype) == dtype
+    assert tuple(actual.shape) == tuple(expected.shape)
+    _assert_half_close(actual, expected, dtype)
+
+
+@jax_only
+@pytest.mark.parametrize("rows", [1, 8])
+def test_half_precision_kernel_is_multiplied_as_stored(rows):
+    """No widened (float32) copy of the kernel: XLA's temporaries stay far
+    below it, where Keras' own product widens it on every call."""
+    import jax
+
+    layer = keras.layers.Dense(1024, dtype="bfloat16")
+    layer.build((None, 1024))
+    x = np.ones((rows, 1024), "float32")
+    widened = 1024 * 1024 * 4
+
+    def temporaries(fn):
+        def call(values, x):  # the weights as arguments, not folded constants
+            with keras.StatelessScope(state_mapping=list(zip(layer.variables, values))):
+                return fn(x)
+
+        values = [v.value for v in layer.variables]
+        return jax.jit(call).lower(values, x).compile().memory_analysis().temp_size_in_bytes
+
+    assert temporaries(layer) >= widened
+    assert temporaries(lambda x: dense(layer, x)) < widened // 8
+
+
+@jax_only
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_half_precision_gradients_equal_keras(dtype):
+    import jax
+    import jax.numpy as jnp
+
+    layers, inputs = _half_layers(dtype, 8)
+    layer, x = layers["mlp"], inputs["mlp"]
+    values = [v.value for v in layer.trainable_variables]
+
+    def loss(fn):
+        def of(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+                return jnp.sum(fn(x).astype("float32") ** 2)
+
+        return jax.grad(of, argnums=(0, 1))
+
+    (ours_w, ours_x), (theirs_w, theirs_x) = loss(lambda x: dense(layer, x))(values, x), loss(layer)(values, x)
+    for ours, theirs in zip(ours_w + [ours_x], theirs_w + [theirs_x]):
+        assert ours.dtype == theirs.dtype
+        _assert_half_close(ours, theirs, dtype)
+
+
+def test_half_precision_dense_with_lora_equals_the_layer():
+    layers, inputs = _half_layers("bfloat16", 2)
+    layer = layers["mlp"]
+    layer.enable_lora(2)
+    layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 0.5))
+    _assert_half_close(dense(layer, inputs["mlp"]), layer(inputs["mlp"]), "bfloat16")
+
+
+@pytest.mark.parametrize("hidden_dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("rows", [1, 3])
+def test_half_precision_reverse_embedding_equals_the_layer(rows, hidden_dtype):
+    """In the layer's dtype on YNNPACK; float32 hidden states (a float32
+    product in Keras) are left to the layer."""
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.ReversibleEmbedding(300, 32, dtype="bfloat16")
+    layer.build((None, None))
+    hidden = keras.ops.cast(np.random.default_rng(2).normal(size=(rows, 2, 32)), hidden_dtype)
+    expected, actual = layer(hidden, reverse=True), reverse_embedding(layer, hidden)
+    assert actual.dtype == expected.dtype and tuple(actual.shape) == (rows, 2, 300)
+    _assert_half_close(actual, expected, "bfloat16")

@@ -5,6 +5,7 @@ import keras
 import numpy as np
 import pytest
 
+from gpt2_lib.backends import dense
 from gpt2_lib.backends import loop_weights
 from gpt2_lib.models import GPT2Backbone
 from gpt2_lib.models import GPT2CausalLM
@@ -92,23 +93,28 @@ def test_gradient_is_the_identity():
 
 @jax_only
 def test_half_precision_weights_enter_the_function_without_a_copy():
+    """Selected on their bits (as zero-copy `uint16` views), except the
+    projection kernels, which `dense` multiplies as stored (unchanged)."""
     lm = causal_lm("bfloat16")
-    values = [v.value for v in lm.trainable_variables]
-    carried = loop_weights.carry_in(values)
-    for value, bits in zip(values, carried):
-        assert str(bits.dtype) == "uint16"
-        assert bits.unsafe_buffer_pointer() == value.unsafe_buffer_pointer()
-    back = loop_weights.carry_out(carried, lm.trainable_variables)
-    for value, restored in zip(values, back):
-        assert restored.dtype == value.dtype
-        np.testing.assert_array_equal(np.asarray(restored, "float32"), np.asarray(value, "float32"))
+    variables = lm.trainable_variables
+    carried = loop_weights.carry_in(variables)
+    as_stored = 0
+    for variable, bits in zip(variables, carried):
+        as_stored += variable.name == "kernel"
+        assert str(bits.dtype) == ("bfloat16" if variable.name == "kernel" else "uint16")
+        assert bits.unsafe_buffer_pointer() == variable.value.unsafe_buffer_pointer()
+    assert as_stored == 6 * CONFIG["num_layers"]  # query, key, value, output, two MLP kernels
+    back = loop_weights.carry_out(carried, variables)
+    for variable, restored in zip(variables, back):
+        assert restored.dtype == variable.dtype
+        np.testing.assert_array_equal(np.asarray(restored, "float32"), np.asarray(variable.value, "float32"))
 
 
 def generate_plain(lm, monkeypatch, inputs):
     """`lm.generate(inputs)` without the fence (the reference)."""
     with monkeypatch.context() as patch:
         patch.setattr(loop_weights, "supports", lambda layer: False)
-        patch.setattr(loop_weights, "carry_in", lambda values: values)
+        patch.setattr(loop_weights, "carry_in", lambda variables: [v.value for v in variables])
         lm.generate_function = None
         return lm.generate(inputs, stop_token_ids=None)
 
@@ -137,9 +143,10 @@ def test_generation_does_not_hold_every_widened_weight(dtype, quantize, monkeypa
         return lm.make_generate_function().lower(inputs).compile().memory_analysis().temp_size_in_bytes
 
     fenced = temporaries()
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch:  # Keras' own products, unfenced
         patch.setattr(loop_weights, "supports", lambda layer: False)
-        patch.setattr(loop_weights, "carry_in", lambda values: values)
+        patch.setattr(loop_weights, "carry_in", lambda variables: [v.value for v in variables])
+        patch.setattr(dense, "supports_half", lambda layer: False)
         lm.generate_function = None
         plain = temporaries()
     h, i = CONFIG["hidden_dim"], CONFIG["intermediate_dim"]
