@@ -231,3 +231,46 @@ def test_int8_layout_change_keeps_values_and_saves(tmp_path):
     assert before.keys() == after.keys()
     for path in before:
         np.testing.assert_array_equal(before[path], after[path])
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8])
+@pytest.mark.parametrize("width", [64, 99])
+@pytest.mark.parametrize("layout", ["kernel", "transposed_table"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_two_halves_equal_addmm(rows, width, layout, bias):
+    """Column halves (overlapping for an odd width) of a kernel or of a tied
+    table's transposed view give `addmm`'s products: bit for bit for the
+    blocks' contiguous kernels, within float32 rounding otherwise."""
+    if not TORCH:
+        return
+    import torch
+
+    generator = torch.Generator().manual_seed(width + rows)
+    x = torch.randn(rows, 48, generator=generator)
+    if layout == "kernel":
+        kernel = torch.randn(48, width, generator=generator)
+    else:
+        kernel = torch.randn(width, 48, generator=generator).t()  # (48, width) view
+    b = torch.randn(width, generator=generator) if bias else None
+    expected = x @ kernel if b is None else torch.addmm(b, x, kernel)
+    got = torch_gpt2._in_two_halves(x, kernel, b)
+    assert got.shape == expected.shape
+    if layout == "kernel" and width % 2 == 0:
+        assert torch.equal(got, expected)
+    else:
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, halves", [("float32", True), ("bfloat16", False)])
+def test_generation_multiplies_float32_in_two_halves(monkeypatch, dtype, halves):
+    if not TORCH:
+        return
+    calls = []
+    original = torch_gpt2._in_two_halves
+    monkeypatch.setattr(torch_gpt2, "_in_two_halves", lambda *a: calls.append(1) or original(*a))
+    lm = GPT2CausalLM(_backbone(dtype=dtype))
+    lm.compile(sampler="greedy")
+    lm.generate({"token_ids": np.array([[5, 6, 0, 0]]), "padding_mask": np.array([[1, 1, 0, 0]])},
+                stop_token_ids=None)
+    # As for int8: 6 products per block in the prefill pass, then 2 steps with the LM head.
+    assert len(calls) == (6 * 2 + 2 * (6 * 2 + 1) if halves else 0)
