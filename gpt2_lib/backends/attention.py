@@ -57,6 +57,26 @@ def dot_product_attention(query, key, value, mask=None, scale=None, is_causal=Fa
     return _xla_attention(query, key, value, mask, scale, is_causal)
 
 
+def updates_whole_cache():
+    """Whether each block writes its keys/values into the whole cache (JAX).
+
+    XLA updates a buffer carried through `generate()`'s loop in place with
+    `dynamic_update_slice`, so on JAX each block writes its new entries
+    straight into the whole `(batch, layers, 2, ...)` cache: no copy of a
+    block's slot out of it, and no stacking of every slot back into a new
+    cache on every step. GPT-2 base float32, batch 8: 205 -> 245 tok/s and
+    XLA temporaries 173 -> 106 MB (`benchmarks/NOTES.md`). TensorFlow's
+    kernels (without XLA, its CPU default) and torch's `slice_update` copy
+    the whole tensor per update, so they keep per-block slots (torch's fast
+    path writes in place itself, `torch_gpt2`).
+
+    Example:
+    >>> updates_whole_cache() == (keras.config.backend() == "jax")
+    True
+    """
+    return keras.config.backend() == "jax"
+
+
 # === PyTorch ===
 
 

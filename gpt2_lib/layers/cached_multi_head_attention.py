@@ -41,6 +41,10 @@ class CachedMultiHeadAttention(keras.layers.Layer):
             written at `cache_update_index` and the layer returns
             `(output, updated_cache)`.
         cache_update_index: int or scalar tensor, where to write in the cache.
+        cache_layer: optional int. When given, `cache` is the whole model's
+            `(batch, layers, 2, max_length, heads, head_dim)` cache; the
+            layer writes its new keys/values into slot `cache_layer` of it
+            and returns the whole cache (`updates_whole_cache`).
         training: bool, whether dropout is active.
 
     Example:
@@ -118,12 +122,17 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         attention_mask,
         cache=None,
         cache_update_index=None,
+        cache_layer=None,
         training=None,
     ):
         query = dense(self.query_dense, hidden_states)  # (batch, q, heads, head_dim)
         key = dense(self.key_dense, hidden_states)
         value = dense(self.value_dense, hidden_states)
-        if cache is not None:
+        if cache is not None and cache_layer is not None:
+            new = ops.cast(ops.stack([key, value], axis=1)[:, None], cache.dtype)  # (batch, 1, 2, q, ...)
+            cache = ops.slice_update(cache, [0, cache_layer, 0, cache_update_index, 0, 0], new)
+            key, value = cache[:, cache_layer, 0], cache[:, cache_layer, 1]
+        elif cache is not None:
             start = [0, cache_update_index, 0, 0]
             key = ops.slice_update(cache[:, 0, ...], start, key)  # (batch, max_len, heads, head_dim)
             value = ops.slice_update(cache[:, 1, ...], start, value)

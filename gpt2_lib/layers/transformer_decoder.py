@@ -37,6 +37,9 @@ class TransformerDecoder(keras.layers.Layer):
         cache: optional `(batch, 2, max_length, heads, head_dim)`; when given
             the block returns `(hidden_states, updated_cache)`.
         cache_update_index: where the new keys/values go in `cache`.
+        cache_layer: optional int: `cache` is the whole model's cache and
+            this block's slot in it is `cache_layer` (see
+            `CachedMultiHeadAttention`).
         training: bool.
 
     Example:
@@ -121,6 +124,7 @@ class TransformerDecoder(keras.layers.Layer):
         attention_mask,
         cache=None,
         cache_update_index=None,
+        cache_layer=None,
         training=None,
     ):
         # Each sub-block's input is a gradient boundary (JAX; identity elsewhere).
@@ -130,6 +134,7 @@ class TransformerDecoder(keras.layers.Layer):
             attention_mask,
             cache=cache,
             cache_update_index=cache_update_index,
+            cache_layer=cache_layer,
             training=training,
         )
         if cache is not None:

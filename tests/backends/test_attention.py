@@ -121,3 +121,31 @@ def test_matches_keras_dot_product_attention():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(actual), keras.ops.convert_to_numpy(expected), atol=2e-5
     )
+
+
+@pytest.mark.skipif(keras.config.backend() != "jax", reason="XLA's in-place cache updates (JAX)")
+def test_whole_cache_updates_save_a_copy_of_the_cache(monkeypatch):
+    """JAX's generate function holds at least one whole cache fewer in XLA's
+    temporaries when blocks write into the whole cache than when each block's
+    slot is copied out and every slot restacked."""
+    from gpt2_lib.models import GPT2Backbone
+    from gpt2_lib.models import GPT2CausalLM
+    from gpt2_lib.models.gpt2 import gpt2_backbone
+
+    keras.utils.set_random_seed(0)
+    config = dict(vocabulary_size=256, num_layers=4, num_heads=4, hidden_dim=128,
+                  intermediate_dim=256, max_sequence_length=256, dropout=0.0)
+    lm = GPT2CausalLM(GPT2Backbone(**config), preprocessor=None)
+    lm.compile(sampler="greedy")
+    batch, length = 8, 256
+    inputs = {"token_ids": np.ones((batch, length), "int32"), "padding_mask": np.zeros((batch, length), bool)}
+    inputs["padding_mask"][:, :4] = True
+
+    def temporaries(whole):
+        monkeypatch.setattr(gpt2_backbone, "updates_whole_cache", lambda: whole)
+        lm.generate_function = None
+        return lm.make_generate_function().lower(inputs).compile().memory_analysis().temp_size_in_bytes
+
+    cache = 2 * config["num_layers"] * batch * length * config["hidden_dim"] * 4
+    per_slot, whole = temporaries(False), temporaries(True)
+    assert per_slot - whole >= cache, (per_slot, whole, cache)

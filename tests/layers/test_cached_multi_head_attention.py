@@ -123,3 +123,24 @@ def test_get_config_round_trip():
     layer = make_layer(dropout=0.1)
     clone = CachedMultiHeadAttention.from_config(layer.get_config())
     assert (clone.num_heads, clone.key_dim, clone.dropout) == (HEADS, HEAD_DIM, 0.1)
+
+
+def test_writing_into_the_whole_cache_equals_a_slot():
+    """`cache_layer`: the same outputs and entries as with the layer's own
+    slot, written into slot 1 of a 3-layer cache; the other slots untouched."""
+    layer = make_layer()
+    x = inputs(seq=7)
+    padding = np.array([[1] * 7, [0, 0] + [1] * 5])
+    rng = np.random.default_rng(3)
+    whole = rng.standard_normal((2, 3, 2, 7, HEADS, HEAD_DIM)).astype("float32")
+    slot = whole[:, 1].copy()
+    for start, length in [(0, 4), (4, 1), (5, 1)]:
+        mask = causal_attention_mask(padding, start, length)
+        step = x[:, start : start + length]
+        out_slot, slot = layer(step, mask, cache=slot, cache_update_index=start)
+        out_whole, whole_after = layer(step, mask, cache=whole, cache_update_index=start, cache_layer=1)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(out_whole), keras.ops.convert_to_numpy(out_slot))
+        whole_after = keras.ops.convert_to_numpy(whole_after)
+        np.testing.assert_array_equal(whole_after[:, 1], keras.ops.convert_to_numpy(slot))
+        np.testing.assert_array_equal(whole_after[:, [0, 2]], whole[:, [0, 2]])
+        whole = whole_after

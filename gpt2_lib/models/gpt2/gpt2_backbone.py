@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from gpt2_lib.backends import torch_gpt2
+from gpt2_lib.backends.attention import updates_whole_cache
 from gpt2_lib.backends.loop_weights import per_layer_weights
 from gpt2_lib.layers.attention_mask import CausalAttentionMask
 from gpt2_lib.layers.attention_mask import causal_attention_mask
@@ -366,18 +367,25 @@ class GPT2Backbone(Backbone):
             )
         if blocks is not None:
             return blocks(hidden_states, attention_mask, cache, cache_update_index)
+        whole = updates_whole_cache()  # each block writes into the whole cache
         caches = []
         for i, block in enumerate(self.transformer_layers):
             with per_layer_weights(block, hidden_states):
                 hidden_states, layer_cache = block(
                     hidden_states,
                     attention_mask,
-                    cache=cache[:, i, ...],
+                    cache=cache if whole else cache[:, i, ...],
                     cache_update_index=cache_update_index,
+                    cache_layer=i if whole else None,
                     training=training,
                 )
-            caches.append(layer_cache)
-        return self.layer_norm(hidden_states), ops.stack(caches, axis=1)
+            if whole:
+                cache = layer_cache
+            else:
+                caches.append(layer_cache)
+        if not whole:
+            cache = ops.stack(caches, axis=1)
+        return self.layer_norm(hidden_states), cache
 
     def call_with_intercept(self, token_ids, padding_mask, layer_intercept_fn):
         """The forward pass with `layer_intercept_fn(x, i)` after each stage.
