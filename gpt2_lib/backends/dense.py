@@ -68,13 +68,11 @@ def _int8_matmul(
     def matmul(rows, kernel, kernel_scale):
         def grad(*args, upstream=None):
             upstream = args[0] if upstream is None else upstream
-            if transposed:  # (n, k): one scale per row
-                float_kernel = ops.divide(
-                    ops.cast(kernel, compute_dtype), ops.expand_dims(kernel_scale, -1)
-                )
-                return ops.matmul(upstream, float_kernel), None, None
-            float_kernel = ops.divide(ops.cast(kernel, compute_dtype), kernel_scale)
-            return ops.matmul(upstream, ops.transpose(float_kernel)), None, None
+            # One scale per output unit: the rows of a transposed `(n, k)` kernel.
+            scale = ops.expand_dims(kernel_scale, -1) if transposed else kernel_scale
+            float_kernel = ops.divide(ops.cast(kernel, compute_dtype), scale)  # as stored
+            upstream_kernel = float_kernel if transposed else ops.transpose(float_kernel)
+            return ops.matmul(upstream, upstream_kernel), None, None
 
         quantized, inputs_scale = inputs_quantizer(rows, axis=-1)
         if keras.config.backend() == "jax":
