@@ -8,21 +8,18 @@ Three measured speed-ups, all computing what the Keras layer computes:
   the other. The reshapes are free on every backend.
 * int8 layers on JAX (and TensorFlow, which shares the code): Keras' int8
   `Dense`/`EinsumDense` multiply int8 inputs by the int8 kernel with int32
-  accumulation. Inside `generate()`'s loop XLA hoists loop-invariant int32
-  copies of the kernels out of the loop (1.25x the float32 model's memory),
-  so `dense` computes the same products (Keras' own input quantizer, exact
-  int32 sums, the same rescaling) with the kernel behind an optimization
-  barrier on JAX, fenced together with the step's inputs (a barrier over
-  the loop-invariant kernel alone is hoisted with it). XLA:CPU runs an
-  s8 x s8 -> s32 dot of 2 rows or more on YNNPACK, reading the int8 kernel
-  as stored, but converts a single row's operands to int32 (a 4-byte copy
-  of the kernel per step) for a slow int32 loop: batch-1 decoding pads its
-  row with a zero row, and the tied embedding is contracted as stored
-  `(vocab, hidden)` (a transposed int8 copy would be made, and its YNNPACK
-  product is ~6-9x slower). With `loop_weights` (each layer's kernels
-  fenced with its input) GPT-2 base int8 generation now peaks at 465 MB
-  above the process instead of 770, and decodes 1.24x (batch 1) and 1.22x
-  (batch 8) as fast as float32, where it was 0.87x and 0.93x
+  accumulation. `dense` computes the same products (Keras' own input
+  quantizer, exact int32 sums, the same rescaling) where XLA:CPU runs them
+  fastest: an s8 x s8 -> s32 dot of 2 rows or more runs on YNNPACK, reading
+  the int8 kernel as stored, but a single row's operands are converted to
+  int32 (a 4-byte copy of the kernel per step) for a slow int32 loop, so
+  batch-1 decoding pads its row with a zero row, and the tied embedding is
+  contracted as stored `(vocab, hidden)` (a transposed int8 copy would be
+  made, and its YNNPACK product is ~6-9x slower). Inside `generate()`'s
+  loops `loop_weights` keeps XLA from hoisting int32 copies of the kernels
+  (an `optimization_barrier` here did not: XLA:CPU removes barriers before
+  it schedules, and removing it changed neither speed nor temporaries).
+  GPT-2 base int8 generation decodes INT8_FIGURES
   (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`). The
   torch backend has its own int8 path (`torch_gpt2`).
 * bfloat16/float16 layers on JAX on a CPU (`supports_half`): XLA:CPU
@@ -99,10 +96,6 @@ def _jax_int8_products(quantized, kernel, transposed):
     """
     import jax
 
-    # Fenced together with this step's (loop-variant) inputs: XLA must not
-    # hoist a converted or transposed copy of the loop-invariant kernel out
-    # of the decoding loop (a barrier over the kernel alone is hoisted with it).
-    kernel, quantized = jax.lax.optimization_barrier((kernel, quantized))
     single_row = quantized.shape[0] == 1
     if single_row:
         quantized = jax.numpy.pad(quantized, ((0, 1), (0, 0)))
