@@ -19,7 +19,8 @@ Three measured speed-ups, all computing what the Keras layer computes:
   loops `loop_weights` keeps XLA from hoisting int32 copies of the kernels
   (an `optimization_barrier` here did not: XLA:CPU removes barriers before
   it schedules, and removing it changed neither speed nor temporaries).
-  GPT-2 base int8 generation decodes INT8_FIGURES
+  GPT-2 base int8 generation decodes 91.4 tok/s at batch 1 and 367.4 at
+  batch 8, 1.31x and 1.39x float32 (69.6 and 263.6)
   (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`). The
   torch backend has its own int8 path (`torch_gpt2`).
 * bfloat16/float16 layers on JAX on a CPU (`supports_half`): XLA:CPU
