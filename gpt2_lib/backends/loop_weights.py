@@ -24,11 +24,12 @@ fenced: `dense` multiplies them as stored (YNNPACK's GEMM), so nothing
 widened from them exists to hoist, and a fenced copy would cost a write
 and a read of their bytes on every step (GPT-2 XL decodes at 4.6 tok/s;
 2.6 when every kernel was fenced and widened). Fenced are the embeddings,
-the half-precision vectors (LayerNorm, biases) and every int8 weight. An `optimization_barrier` does not do this: XLA:CPU removes
-barriers before it schedules. Half-precision values are selected on their
-bits (a half-precision select is itself widened, and hoisted), so they
-enter the generate function as zero-copy `uint16` views (`carry_in`) that
-XLA's bitcasts fold into. Float32 weights and other platforms are untouched.
+the half-precision vectors (LayerNorm, biases) and every int8 weight. An
+`optimization_barrier` does not do this: XLA:CPU removes barriers before
+it schedules. Half-precision values are selected on their bits (a
+half-precision select is itself widened, and hoisted), so they enter the
+generate function as zero-copy `uint16` views (`carry_in`) that XLA's
+bitcasts fold into. Float32 weights and other platforms are untouched.
 """
 
 import contextlib
