@@ -74,7 +74,7 @@ def _int8_matmul(
 
         quantized, inputs_scale = inputs_quantizer(rows, axis=-1)
         if keras.config.backend() == "jax":
-            products = _jax_int8_products(quantized, kernel, transposed)
+            products = _ynnpack_products(quantized, kernel, transposed, "int32")
         else:
             products = ops.matmul(
                 quantized, ops.transpose(kernel) if transposed else kernel
@@ -85,27 +85,25 @@ def _int8_matmul(
     return matmul(rows, kernel, kernel_scale)
 
 
-def _jax_int8_products(quantized, kernel, transposed):
-    """Exact int32 `quantized @ kernel` on JAX, through XLA:CPU's int8 GEMM.
+def _ynnpack_products(rows, kernel, transposed, accumulation):
+    """`rows @ kernel` (JAX) as a dot that XLA:CPU hands to YNNPACK.
 
-    XLA:CPU hands an s8 x s8 -> s32 dot with at least 2 rows to YNNPACK,
-    which reads the int8 kernel directly; a single row (batch-1 decoding)
-    is instead converted to int32 (a 4-byte copy of the kernel per step) and
-    multiplied by a slow int32 loop, so a single row is padded with a zero
-    row. A tied embedding is contracted on its last axis as stored: a
-    transposed copy would be materialised (or hoisted out of the loop).
+    XLA:CPU hands an int8 (`accumulation="int32"`) or half-precision
+    (`"float32"`) dot of at least 2 rows to YNNPACK, which reads the kernel
+    as stored; a single row (batch-1 decoding) is instead converted (a
+    4-byte copy of the kernel per step) for a slower loop, so a single row
+    is padded with a zero row. A tied embedding (`transposed`, stored
+    `(n, k)`) is contracted on its last axis as stored: a transposed copy
+    would be materialised (or hoisted out of the loop).
     """
     import jax
 
-    single_row = quantized.shape[0] == 1
+    single_row = rows.shape[0] == 1
     if single_row:
-        quantized = jax.numpy.pad(quantized, ((0, 1), (0, 0)))
+        rows = jax.numpy.pad(rows, ((0, 1), (0, 0)))
     contracted = 1 if transposed else 0
     products = jax.lax.dot_general(
-        quantized,
-        kernel,
-        (((1,), (contracted,)), ((), ())),
-        preferred_element_type="int32",
+        rows, kernel, (((1,), (contracted,)), ((), ())), preferred_element_type=accumulation
     )
     return products[:1] if single_row else products
 
@@ -126,25 +124,12 @@ def _half_products(rows, kernel, transposed=False):
 
     XLA:CPU multiplies a half-precision dot with a half-precision result as
     float32 copies of both operands (a widened copy of the kernel on every
-    call); asked for a float32 result, a dot of two rows or more runs on
-    YNNPACK's bfloat16/float16 GEMM, which reads the kernel as stored. The
-    products are exact in float32 either way and both accumulate in float32;
-    the sum's order may differ, so the half-precision result may differ in
-    its last bit. A single row is padded with a zero row (one row is
-    converted to float32 for a GEMV), and a tied embedding is contracted as
-    stored `(vocab, hidden)`.
+    call); asked for a float32 result it runs YNNPACK's bfloat16/float16
+    GEMM (`_ynnpack_products`). The products are exact in float32 either way
+    and both accumulate in float32; the sum's order may differ, so the
+    half-precision result may differ in its last bit.
     """
-    import jax
-
-    single_row = rows.shape[0] == 1
-    if single_row:
-        rows = jax.numpy.pad(rows, ((0, 1), (0, 0)))
-    contracted = 1 if transposed else 0
-    products = jax.lax.dot_general(
-        rows, kernel, (((1,), (contracted,)), ((), ())), preferred_element_type="float32"
-    )
-    products = products[:1] if single_row else products
-    return products.astype(rows.dtype)
+    return _ynnpack_products(rows, kernel, transposed, "float32").astype(rows.dtype)
 
 
 def _flattened(layer, inputs, kernel):
@@ -207,14 +192,16 @@ def reverse_embedding(layer, hidden_states):
     """
     if not layer.tie_weights or layer.logit_soft_cap is not None:
         return layer(hidden_states, reverse=True)
-    shape = tuple(ops.shape(hidden_states))
     same_dtype = keras.backend.standardize_dtype(hidden_states.dtype) == layer.compute_dtype
-    if supports_half(layer) and same_dtype and layer.reverse_dtype in (None, layer.compute_dtype):
-        rows = ops.reshape(hidden_states, (-1, shape[-1]))
+    half = supports_half(layer) and same_dtype and layer.reverse_dtype in (None, layer.compute_dtype)
+    if not (half or supports_int8(layer)):
+        return layer(hidden_states, reverse=True)
+    shape = tuple(ops.shape(hidden_states))
+    rows = ops.reshape(hidden_states, (-1, shape[-1]))
+    if half:
         table = ops.cast(layer.embeddings, layer.compute_dtype)
         logits = _half_products(rows, table, transposed=True)
-    elif supports_int8(layer):
-        rows = ops.reshape(hidden_states, (-1, shape[-1]))
+    else:
         logits = _int8_matmul(
             rows,
             layer._embeddings,
@@ -223,8 +210,6 @@ def reverse_embedding(layer, hidden_states):
             layer.compute_dtype,
             transposed=True,
         )
-    else:
-        return layer(hidden_states, reverse=True)
     return ops.reshape(logits, shape[:-1] + (layer.input_dim,))
 
 

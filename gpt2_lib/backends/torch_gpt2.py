@@ -143,6 +143,7 @@ def _in_two_halves(rows, kernel, bias):
     inner, width = kernel.shape
     half = (width + 1) // 2
     offset = width - half  # the second half's first column
+
     def split(tensor, shape):  # two views, `offset` columns apart
         *strides, column = tensor.stride()
         return torch.as_strided(
