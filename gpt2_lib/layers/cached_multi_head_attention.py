@@ -36,10 +36,11 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         hidden_states: `(batch, query_length, hidden)`.
         attention_mask: boolean, broadcastable to
             `(batch, heads, query_length, key_length)`.
-        cache: optional `(batch, 2, max_length, heads, head_dim)` keys and
-            values of earlier positions. When given, the new keys/values are
-            written at `cache_update_index` and the layer returns
-            `(output, updated_cache)`.
+        cache: optional keys and values of earlier positions: a pair
+            `(keys, values)`, each `(batch, max_length, heads, head_dim)`.
+            When given, the new keys/values are written at
+            `cache_update_index` and the layer returns `(output,
+            updated_cache)`.
         cache_update_index: int or scalar tensor, where to write in the cache.
         cache_layer: optional int. When given, `cache` is the whole model's
             `(batch, layers, 2, max_length, heads, head_dim)` cache; the
@@ -128,15 +129,17 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         query = dense(self.query_dense, hidden_states)  # (batch, q, heads, head_dim)
         key = dense(self.key_dense, hidden_states)
         value = dense(self.value_dense, hidden_states)
-        if cache is not None and cache_layer is not None:
+        if cache is not None and cache_layer is None:
+            # This block's (keys, values), each (batch, max_length, heads, head_dim).
+            start = [0, cache_update_index, 0, 0]
+            key = ops.slice_update(cache[0], start, ops.cast(key, cache[0].dtype))
+            value = ops.slice_update(cache[1], start, ops.cast(value, cache[1].dtype))
+            cache = (key, value)
+        elif cache is not None:
+            # The whole model's cache: one write into slot `cache_layer`.
             new = ops.cast(ops.stack([key, value], axis=1)[:, None], cache.dtype)  # (batch, 1, 2, q, ...)
             cache = ops.slice_update(cache, [0, cache_layer, 0, cache_update_index, 0, 0], new)
             key, value = cache[:, cache_layer, 0], cache[:, cache_layer, 1]
-        elif cache is not None:
-            start = [0, cache_update_index, 0, 0]
-            key = ops.slice_update(cache[:, 0, ...], start, key)  # (batch, max_len, heads, head_dim)
-            value = ops.slice_update(cache[:, 1, ...], start, value)
-            cache = ops.stack([key, value], axis=1)
         attended = self._attend(
             query, key, value, attention_mask, training, is_causal=cache is None
         )
@@ -149,7 +152,9 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         output = keras.KerasTensor(hidden_states.shape, dtype=self.compute_dtype)
         if cache is None:
             return output
-        return output, keras.KerasTensor(cache.shape, dtype=cache.dtype)
+        return output, keras.tree.map_structure(
+            lambda part: keras.KerasTensor(part.shape, dtype=part.dtype), cache
+        )
 
     def get_config(self):
         config = super().get_config()

@@ -294,9 +294,37 @@ class GPT2Backbone(Backbone):
 
     # === Cached forward pass, for generation ===
 
-    def build_cache(self, batch_size, max_length):
-        """A zero key/value cache: `(batch, num_layers, 2, max_length, heads, head_dim)`."""
+    def build_cache(self, batch_size, max_length, per_block=False):
+        """A zero key/value cache.
+
+        Args:
+            batch_size: int.
+            max_length: int, positions the cache holds.
+            per_block: bool. False: one `(batch, num_layers, 2, max_length,
+                heads, head_dim)` tensor. True: a tuple with each block's
+                `(keys, values)`, each `(batch, max_length, heads,
+                head_dim)`, which `call_with_cache` updates without slicing
+                a block's keys and values out of a stacked cache and
+                restacking them on every step (copies where updates are not
+                in place: TensorFlow without XLA, torch's Keras path).
+
+        Example:
+        >>> backbone = GPT2Backbone(vocabulary_size=10, num_layers=2,
+        ...     num_heads=2, hidden_dim=8, intermediate_dim=16,
+        ...     max_sequence_length=6)
+        >>> tuple(backbone.build_cache(1, 6).shape)
+        (1, 2, 2, 6, 2, 4)
+        >>> keys, values = backbone.build_cache(1, 6, per_block=True)[0]
+        >>> tuple(keys.shape)
+        (1, 6, 2, 4)
+        """
         head_dim = self.hidden_dim // self.num_heads
+        if per_block:
+            shape = [batch_size, max_length, self.num_heads, head_dim]
+            return tuple(
+                (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
+                for _ in range(self.num_layers)
+            )
         shape = [batch_size, self.num_layers, 2, max_length, self.num_heads, head_dim]
         return ops.zeros(shape, dtype=self.compute_dtype)
 
@@ -346,7 +374,8 @@ class GPT2Backbone(Backbone):
                 token per step when decoding).
             padding_mask: `(batch, max_length)` mask of real tokens over the
                 whole cache length.
-            cache: `(batch, num_layers, 2, max_length, heads, head_dim)`.
+            cache: `(batch, num_layers, 2, max_length, heads, head_dim)`, or
+                a tuple of per-block caches (`build_cache(per_block=True)`).
             cache_update_index: int or scalar tensor, the cache position of
                 `token_ids[:, 0]`.
             position_ids: `(batch, seq)` positions of `token_ids`; by default
@@ -359,7 +388,7 @@ class GPT2Backbone(Backbone):
 
         Returns:
             `(hidden_states, cache)`: `(batch, seq, hidden)` after the final
-            LayerNorm, and the updated cache.
+            LayerNorm, and the updated cache (in the form it was given).
         """
         with per_layer_weights([self.token_embedding, self.position_embedding], token_ids):
             hidden_states, attention_mask = self.embed(
@@ -367,24 +396,33 @@ class GPT2Backbone(Backbone):
             )
         if blocks is not None:
             return blocks(hidden_states, attention_mask, cache, cache_update_index)
-        whole = updates_whole_cache()  # each block writes into the whole cache
-        caches = []
+        stacked = not isinstance(cache, (tuple, list))
+        # Each block writes into the whole cache (JAX: in place), or updates
+        # its own (keys, values): those of a per-block cache, or sliced out
+        # of a stacked cache and restacked at the end.
+        whole = stacked and updates_whole_cache()
+        if not whole and stacked:
+            per_block = [(cache[:, i, 0], cache[:, i, 1]) for i in range(self.num_layers)]
+        elif not whole:
+            per_block = list(cache)
         for i, block in enumerate(self.transformer_layers):
             with per_layer_weights(block, hidden_states):
-                hidden_states, layer_cache = block(
+                hidden_states, block_cache = block(
                     hidden_states,
                     attention_mask,
-                    cache=cache if whole else cache[:, i, ...],
+                    cache=cache if whole else per_block[i],
                     cache_update_index=cache_update_index,
                     cache_layer=i if whole else None,
                     training=training,
                 )
             if whole:
-                cache = layer_cache
+                cache = block_cache
             else:
-                caches.append(layer_cache)
-        if not whole:
-            cache = ops.stack(caches, axis=1)
+                per_block[i] = block_cache
+        if not whole and stacked:
+            cache = ops.stack([ops.stack(pair, axis=1) for pair in per_block], axis=1)
+        elif not whole:
+            cache = tuple(per_block)
         return self.layer_norm(hidden_states), cache
 
     def call_with_intercept(self, token_ids, padding_mask, layer_intercept_fn):

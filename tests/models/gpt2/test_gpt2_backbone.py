@@ -282,19 +282,21 @@ def test_backbone_is_exported_and_generic():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_whole_cache_updates_equal_per_block_slots(dtype, monkeypatch):
-    """Blocks writing into the whole cache (JAX's choice) and blocks updating
-    their own slot (restacked) give the same hidden states and cache, bit
-    for bit, on every backend."""
+def test_every_cache_form_gives_the_same_states(dtype, monkeypatch):
+    """Blocks writing into the whole cache (JAX's choice), a stacked cache
+    split into per-block (keys, values) and restacked, and a per-block cache
+    (`build_cache(per_block=True)`, TensorFlow's generation) give the same
+    hidden states and cache, bit for bit, on every backend."""
     from gpt2_lib.models.gpt2 import gpt2_backbone
 
     keras.utils.set_random_seed(0)
     backbone = GPT2Backbone(**TINY, dtype=dtype)
     data = inputs(batch=2, seq=9, seed=5)
+    as_numpy = lambda t: keras.ops.convert_to_numpy(keras.ops.cast(t, "float32"))  # noqa: E731
 
-    def decode(whole):
+    def decode(whole, per_block=False):
         monkeypatch.setattr(gpt2_backbone, "updates_whole_cache", lambda: whole)
-        cache = backbone.build_cache(2, 9)
+        cache = backbone.build_cache(2, 9, per_block=per_block)
         hidden, cache = backbone.call_with_cache(data["token_ids"][:, :5], data["padding_mask"], cache, 0)
         steps = [hidden]
         for index in range(5, 9):
@@ -302,10 +304,13 @@ def test_whole_cache_updates_equal_per_block_slots(dtype, monkeypatch):
                 data["token_ids"][:, index : index + 1], data["padding_mask"], cache, index
             )
             steps.append(hidden)
-        as_numpy = lambda t: keras.ops.convert_to_numpy(keras.ops.cast(t, "float32"))
+        if per_block:
+            assert isinstance(cache, tuple) and len(cache) == TINY["num_layers"]
+            cache = keras.ops.stack([keras.ops.stack(pair, axis=1) for pair in cache], axis=1)
         return np.concatenate([as_numpy(s) for s in steps], axis=1), as_numpy(cache)
 
     whole_hidden, whole_cache = decode(True)
-    slot_hidden, slot_cache = decode(False)
-    np.testing.assert_array_equal(whole_hidden, slot_hidden)
-    np.testing.assert_array_equal(whole_cache, slot_cache)
+    for form in [dict(whole=False), dict(whole=False, per_block=True), dict(whole=True, per_block=True)]:
+        hidden, cache = decode(**form)
+        np.testing.assert_array_equal(hidden, whole_hidden)
+        np.testing.assert_array_equal(cache, whole_cache)
