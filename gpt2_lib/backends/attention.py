@@ -66,12 +66,13 @@ def updates_whole_cache():
     block's slot out of it, and no stacking of every slot back into a new
     cache on every step. GPT-2 base float32, batch 8: 205 -> 245 tok/s and
     XLA temporaries 173 -> 106 MB (`benchmarks/NOTES.md`). TensorFlow's
-    kernels (without XLA, its CPU default) and torch's `slice_update` copy
-    the whole tensor per update, so their generation carries one `(keys,
-    values)` pair per block (`GPT2Backbone.build_cache(per_block=True)`):
-    each update copies only that block's keys or values, and nothing is
-    sliced out of a stacked cache or restacked (TensorFlow batch 8: 1.22x).
-    torch's fast path writes in place itself (`torch_gpt2`).
+    own kernels and torch's `slice_update` copy the whole tensor per
+    update, so their generation carries one `(keys, values)` pair per block
+    (`GPT2Backbone.build_cache(per_block=True)`): an update copies only that
+    block's keys or values (TensorFlow's XLA, its default for generation,
+    updates them in place), and nothing is sliced out of a stacked cache or
+    restacked (TensorFlow batch 8 without XLA: 1.22x). torch's fast path
+    writes in place itself (`torch_gpt2`).
 
     Example:
     >>> updates_whole_cache() == (keras.config.backend() == "jax")

@@ -5,9 +5,9 @@ every process: ~3-5 s for GPT-2 base on a 2-core CPU. With JAX's persistent
 compilation cache the compiled programs are stored on disk, and the first
 call of the next process with the same shapes loads them instead. It is
 opt-in for the library (it writes to your disk) and on by default in the
-`gpt2-lib` command (`--no-compilation-cache` turns it off). TensorFlow
-generates without XLA on CPU and torch compiles nothing, so there it does
-nothing.
+`gpt2-lib` command (`--no-compilation-cache` turns it off). It covers JAX
+only: torch compiles nothing, and TensorFlow's XLA programs (its
+`generate()`) are compiled again in each process.
 """
 
 import os

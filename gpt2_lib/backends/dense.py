@@ -76,6 +76,7 @@ def _int8_matmul(
         if keras.config.backend() == "jax":
             products = _ynnpack_products(quantized, kernel, transposed, "int32")
         else:
+            # TensorFlow's XLA runs a one-row int8 product faster as one row.
             products = ops.matmul(
                 quantized, ops.transpose(kernel) if transposed else kernel
             )  # int32
@@ -83,6 +84,20 @@ def _int8_matmul(
         return ops.divide(outputs, ops.multiply(inputs_scale, kernel_scale)), grad
 
     return matmul(rows, kernel, kernel_scale)
+
+
+def _one_row_as_two(product, rows):
+    """`product(rows)`, a single row computed as two (padded with a zero row).
+
+    XLA:CPU emits a product of one row as a loop on one core (TensorFlow's
+    XLA fuses it with its bias or reshape; JAX's converts int8 and
+    half-precision operands to wider copies first); two rows or more go to
+    its multi-threaded GEMMs (Eigen, oneDNN, YNNPACK), which read the kernel
+    as stored.
+    """
+    if rows.shape[0] != 1:
+        return product(rows)
+    return product(ops.pad(rows, ((0, 1), (0, 0))))[:1]
 
 
 def _ynnpack_products(rows, kernel, transposed, accumulation):
@@ -98,14 +113,14 @@ def _ynnpack_products(rows, kernel, transposed, accumulation):
     """
     import jax
 
-    single_row = rows.shape[0] == 1
-    if single_row:
-        rows = jax.numpy.pad(rows, ((0, 1), (0, 0)))
     contracted = 1 if transposed else 0
-    products = jax.lax.dot_general(
-        rows, kernel, (((1,), (contracted,)), ((), ())), preferred_element_type=accumulation
+    dimensions = (((1,), (contracted,)), ((), ()))
+    return _one_row_as_two(
+        lambda rows: jax.lax.dot_general(
+            rows, kernel, dimensions, preferred_element_type=accumulation
+        ),
+        rows,
     )
-    return products[:1] if single_row else products
 
 
 def supports_half(layer):
@@ -149,12 +164,30 @@ def _flattened(layer, inputs, kernel):
     return rows, ops.reshape(kernel, (in_features, -1)), unflatten
 
 
+def _one_row_on_tensorflow(layer, inputs, contracted):
+    """True for a float layer on TensorFlow applied to a single row.
+
+    TensorFlow's XLA (2.21) fuses a one-row product with its bias or
+    reshape into a loop on one core (~5.6 GB/s); as two rows it runs on
+    its multi-threaded GEMM. GPT-2 base float32 decoding at batch 1 under
+    XLA: 33-34 -> 51-55 tok/s (TensorFlow's own kernels: 43-46, with or
+    without the padding; `benchmarks/NOTES.md`).
+    """
+    if keras.config.backend() != "tensorflow":
+        return False
+    if getattr(layer, "quantization_mode", None) is not None:
+        return False
+    leading = tuple(inputs.shape)[: len(inputs.shape) - contracted]
+    return all(size == 1 for size in leading)
+
+
 def dense(layer, inputs):
     """`layer(inputs)` for a `Dense`/`EinsumDense` over the last axes.
 
-    Int8 layers on JAX/TensorFlow take the XLA-friendly int8 product, and
-    half-precision ones on JAX on a CPU YNNPACK's GEMM (`supports_half`);
-    every other layer is simply called.
+    Int8 layers on JAX/TensorFlow take the XLA-friendly int8 product,
+    half-precision ones on JAX on a CPU YNNPACK's GEMM (`supports_half`),
+    and a single row on TensorFlow a product of two rows
+    (`_one_row_on_tensorflow`); every other call is the layer's own.
 
     Args:
         layer: a built `keras.layers.Dense` or `EinsumDense` whose bias spans
@@ -166,41 +199,54 @@ def dense(layer, inputs):
     >>> tuple(dense(layer, np.ones((2, 3), "float32")).shape)
     (2, 4)
     """
-    if supports_half(layer):
-        kernel = ops.cast(layer.kernel, layer.compute_dtype)  # LoRA included
-        inputs = ops.cast(inputs, layer.compute_dtype)
-        rows, kernel, unflatten = _flattened(layer, inputs, kernel)
-        return unflatten(ops.add(_half_products(rows, kernel), ops.reshape(layer.bias, (-1,))))
-    if not supports_int8(layer):
+    if supports_int8(layer):
+        rows, kernel, unflatten = _flattened(layer, inputs, layer._kernel)
+        outputs = _int8_matmul(
+            rows,
+            kernel,
+            ops.reshape(layer.kernel_scale, (-1,)),
+            layer.inputs_quantizer,
+            layer.compute_dtype,
+        )
+        return unflatten(outputs + ops.reshape(layer.bias, (-1,)))
+    half = supports_half(layer)
+    contracted = len(layer.kernel.shape) - len(layer.bias.shape)
+    if not (half or _one_row_on_tensorflow(layer, inputs, contracted)):
         return layer(inputs)
-    rows, kernel, unflatten = _flattened(layer, inputs, layer._kernel)
-    outputs = _int8_matmul(
-        rows,
-        kernel,
-        ops.reshape(layer.kernel_scale, (-1,)),
-        layer.inputs_quantizer,
-        layer.compute_dtype,
-    )
-    return unflatten(outputs + ops.reshape(layer.bias, (-1,)))
+    kernel = ops.cast(layer.kernel, layer.compute_dtype)  # LoRA included
+    inputs = ops.cast(inputs, layer.compute_dtype)
+    rows, kernel, unflatten = _flattened(layer, inputs, kernel)
+    if half:
+        products = _half_products(rows, kernel)
+    else:
+        products = _one_row_as_two(lambda rows: ops.matmul(rows, kernel), rows)
+    bias = ops.cast(ops.reshape(layer.bias, (-1,)), layer.compute_dtype)
+    return unflatten(ops.add(products, bias))
 
 
 def reverse_embedding(layer, hidden_states):
     """`layer(hidden_states, reverse=True)`: logits of a tied `ReversibleEmbedding`.
 
     Int8 embeddings on JAX/TensorFlow take the XLA-friendly int8 product,
-    and half-precision ones on JAX on a CPU YNNPACK's GEMM.
+    half-precision ones on JAX on a CPU YNNPACK's GEMM, and a single row on
+    TensorFlow a product of two rows (see `dense`).
     """
     if not layer.tie_weights or layer.logit_soft_cap is not None:
         return layer(hidden_states, reverse=True)
     same_dtype = keras.backend.standardize_dtype(hidden_states.dtype) == layer.compute_dtype
-    half = supports_half(layer) and same_dtype and layer.reverse_dtype in (None, layer.compute_dtype)
-    if not (half or supports_int8(layer)):
+    plain = same_dtype and layer.reverse_dtype in (None, layer.compute_dtype)
+    half = supports_half(layer) and plain
+    one_row = plain and _one_row_on_tensorflow(layer, hidden_states, contracted=1)
+    if not (half or one_row or supports_int8(layer)):
         return layer(hidden_states, reverse=True)
     shape = tuple(ops.shape(hidden_states))
     rows = ops.reshape(hidden_states, (-1, shape[-1]))
-    if half:
+    if half or one_row:
         table = ops.cast(layer.embeddings, layer.compute_dtype)
+    if half:
         logits = _half_products(rows, table, transposed=True)
+    elif one_row:
+        logits = _one_row_as_two(lambda rows: ops.matmul(rows, ops.transpose(table)), rows)
     else:
         logits = _int8_matmul(
             rows,

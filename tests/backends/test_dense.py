@@ -261,3 +261,65 @@ def test_half_precision_reverse_embedding_equals_the_layer(rows, hidden_dtype):
     expected, actual = layer(hidden, reverse=True), reverse_embedding(layer, hidden)
     assert actual.dtype == expected.dtype and tuple(actual.shape) == (rows, 2, 300)
     _assert_half_close(actual, expected, "bfloat16")
+
+
+# === One row on TensorFlow ===
+
+TF = keras.config.backend() == "tensorflow"
+tf_only = pytest.mark.skipif(not TF, reason="TensorFlow's XLA one-row loop")
+
+
+def _one_row_cases(dtype, lora):
+    """GPT-2's projections and tied LM head, each with a single row."""
+    layers, inputs = _half_layers(dtype, 1)
+    embedding = keras.layers.ReversibleEmbedding(300, 32, dtype=dtype)
+    embedding.build((None, None))
+    if lora:
+        for layer in layers.values():
+            layer.enable_lora(2)
+            layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 0.5))
+    hidden = keras.ops.cast(np.random.default_rng(2).normal(size=(1, 1, 32)), dtype)
+    return [
+        (layers["query"], inputs["query"], lambda l, x: l(x), dense),
+        (layers["mlp"], inputs["mlp"], lambda l, x: l(x), dense),
+        (embedding, hidden, lambda l, x: l(x, reverse=True), reverse_embedding),
+    ]
+
+
+@tf_only
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_one_row_on_tensorflow_equals_the_layer(dtype, lora):
+    """A single row (a batch-1 decoding step) is multiplied as two rows,
+    eagerly and under XLA (where one row would be a one-core loop): the
+    layer's values, and its gradients for the input and the weights."""
+    import tensorflow as tf
+
+    for layer, x, keras_call, ours in _one_row_cases(dtype, lora):
+        assert dense_module._one_row_on_tensorflow(layer, x, 1)
+        x = tf.convert_to_tensor(x)
+
+        def values_and_gradients(call):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                out = call(layer, x)
+                loss = tf.reduce_sum(tf.cast(out, "float32") ** 2)
+            return [out] + tape.gradient(loss, [x] + layer.trainable_variables)
+
+        expected = values_and_gradients(keras_call)
+        for actual in (values_and_gradients(ours), tf.function(values_and_gradients, jit_compile=True)(ours)):
+            for a, e in zip(actual, expected):
+                assert a.dtype == e.dtype and a.shape == e.shape
+                if dtype == "float32":
+                    np.testing.assert_allclose(a.numpy(), e.numpy(), rtol=1e-5, atol=1e-5 * np.abs(e.numpy()).max())
+                else:
+                    _assert_half_close(a, e, dtype)
+
+
+def test_more_rows_and_int8_are_not_padded_on_tensorflow():
+    layers, inputs = _layers()
+    assert not dense_module._one_row_on_tensorflow(layers["mlp"], inputs["mlp"], 1)  # 10 rows
+    one = inputs["mlp"][:1]
+    assert dense_module._one_row_on_tensorflow(layers["mlp"], one, 1) == TF
+    layers["mlp"].quantize("int8")  # one int8 row runs faster unpadded
+    assert not dense_module._one_row_on_tensorflow(layers["mlp"], one, 1)

@@ -199,5 +199,5 @@ def test_compiled_programs_are_kept_unless_told_not_to(tmp_path):
     assert not not_kept.exists()
     if BACKEND == "jax":
         assert any((kept / "jax_compilation_cache").iterdir())
-    else:  # nothing to cache: torch compiles nothing, TensorFlow generates without XLA
+    else:  # JAX's cache only: torch compiles nothing, TensorFlow's programs are not kept
         assert not kept.exists()

@@ -306,7 +306,7 @@ class GPT2Backbone(Backbone):
                 head_dim)`, which `call_with_cache` updates without slicing
                 a block's keys and values out of a stacked cache and
                 restacking them on every step (copies where updates are not
-                in place: TensorFlow without XLA, torch's Keras path).
+                in place: TensorFlow's own kernels, torch's Keras path).
 
         Example:
         >>> backbone = GPT2Backbone(vocabulary_size=10, num_layers=2,
