@@ -169,7 +169,7 @@ def _flattened(layer, inputs, kernel):
     return rows, ops.reshape(kernel, (in_features, -1)), unflatten
 
 
-def _one_row_on_tensorflow(layer, inputs, contracted):
+def _one_row_on_tensorflow(layer, inputs, contracted=None):
     """True for a float layer on TensorFlow applied to a single row.
 
     TensorFlow's XLA (2.21) fuses a one-row product with its bias or
@@ -180,8 +180,12 @@ def _one_row_on_tensorflow(layer, inputs, contracted):
     """
     if keras.config.backend() != "tensorflow":
         return False
-    if getattr(layer, "quantization_mode", None) is not None:
+    if getattr(layer, "quantization_mode", None) is not None or not layer.built:
         return False
+    if contracted is None:  # a Dense/EinsumDense: the axes its bias does not span
+        if layer.bias is None:
+            return False
+        contracted = len(layer.kernel.shape) - len(layer.bias.shape)
     leading = tuple(inputs.shape)[: len(inputs.shape) - contracted]
     return all(size == 1 for size in leading)
 
@@ -215,8 +219,7 @@ def dense(layer, inputs):
         )
         return unflatten(outputs + ops.reshape(layer.bias, (-1,)))
     half = supports_half(layer)
-    contracted = len(layer.kernel.shape) - len(layer.bias.shape)
-    if not (half or _one_row_on_tensorflow(layer, inputs, contracted)):
+    if not (half or _one_row_on_tensorflow(layer, inputs)):
         return layer(inputs)
     kernel = ops.cast(layer.kernel, layer.compute_dtype)  # LoRA included
     inputs = ops.cast(inputs, layer.compute_dtype)

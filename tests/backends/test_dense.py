@@ -296,7 +296,7 @@ def test_one_row_on_tensorflow_equals_the_layer(dtype, lora):
     import tensorflow as tf
 
     for layer, x, keras_call, ours in _one_row_cases(dtype, lora):
-        assert dense_module._one_row_on_tensorflow(layer, x, 1)
+        assert dense_module._one_row_on_tensorflow(layer, x, contracted=1)
         x = tf.convert_to_tensor(x)
 
         def values_and_gradients(call):
@@ -318,8 +318,10 @@ def test_one_row_on_tensorflow_equals_the_layer(dtype, lora):
 
 def test_more_rows_and_int8_are_not_padded_on_tensorflow():
     layers, inputs = _layers()
-    assert not dense_module._one_row_on_tensorflow(layers["mlp"], inputs["mlp"], 1)  # 10 rows
+    assert not dense_module._one_row_on_tensorflow(layers["mlp"], inputs["mlp"])  # 10 rows
     one = inputs["mlp"][:1]
-    assert dense_module._one_row_on_tensorflow(layers["mlp"], one, 1) == TF
+    assert dense_module._one_row_on_tensorflow(layers["mlp"], one) == TF
+    assert dense_module._one_row_on_tensorflow(layers["query"], inputs["query"][:1, :1]) == TF
+    assert not dense_module._one_row_on_tensorflow(keras.layers.Dense(4), one)  # not built
     layers["mlp"].quantize("int8")  # one int8 row runs faster unpadded
-    assert not dense_module._one_row_on_tensorflow(layers["mlp"], one, 1)
+    assert not dense_module._one_row_on_tensorflow(layers["mlp"], one)
