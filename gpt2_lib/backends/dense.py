@@ -1,6 +1,6 @@
 """Dense projections: on `(batch * seq, features)` rows, int8 on XLA, half precision on JAX, one row on TF.
 
-Three measured speed-ups, all computing what the Keras layer computes:
+Four measured speed-ups, all computing what the Keras layer computes:
 
 * `dense_on_rows`: XLA's CPU backward of a 3D x 2D matmul (`(batch, seq,
   hidden) @ (hidden, out)`) runs ~1.4x slower than the same product on 2D
