@@ -6,23 +6,27 @@ Four measured speed-ups, all computing what the Keras layer computes:
   hidden) @ (hidden, out)`) runs ~1.4x slower than the same product on 2D
   rows; training GPT-2 base on JAX took 6.64 s per step one way and 5.88 s
   the other. The reshapes are free on every backend.
-* int8 layers on JAX (and TensorFlow, which shares the code): Keras' int8
+* int8 layers on JAX and TensorFlow (`_products_as_stored`): Keras' int8
   `Dense`/`EinsumDense` multiply int8 inputs by the int8 kernel with int32
   accumulation. `dense` computes the same products (Keras' own input
   quantizer, exact int32 sums, the same rescaling) where XLA:CPU runs them
-  fastest: an s8 x s8 -> s32 dot of 2 rows or more runs on YNNPACK, reading
-  the int8 kernel as stored, but a single row's operands are converted to
-  int32 (a 4-byte copy of the kernel per step) for a slow int32 loop, so
-  batch-1 decoding pads its row with a zero row, and the tied embedding is
-  contracted as stored `(vocab, hidden)` (a transposed int8 copy would be
-  made, and its YNNPACK product is ~6-9x slower). Inside `generate()`'s
-  loops `loop_weights` keeps XLA from hoisting int32 copies of the kernels
-  (an `optimization_barrier` here did not: XLA:CPU removes barriers before
-  it schedules, and removing it changed neither speed nor temporaries).
-  GPT-2 base int8 generation decodes 91.4 tok/s at batch 1 and 367.4 at
-  batch 8, 1.31x and 1.39x float32 (69.6 and 263.6)
-  (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`). The
-  torch backend has its own int8 path (`torch_gpt2`).
+  fastest: an s8 x s8 -> s32 dot of 2 rows or more runs on a multi-threaded
+  GEMM (YNNPACK on JAX, Eigen on TensorFlow), reading the int8 kernel as
+  stored, but a single row's operands are converted to int32 (JAX: a
+  4-byte copy of the kernel per step) or looped on one core (TensorFlow),
+  so batch-1 decoding pads its row with a zero row, and the tied embedding
+  is contracted as stored `(vocab, hidden)` (a transposed copy would be
+  made: on JAX int8, with a ~6-9x slower product; on TensorFlow int32,
+  +154 MB hoisted out of the loop, with a 7x slower product). Inside
+  JAX's `generate()` loops `loop_weights` keeps XLA from hoisting int32
+  copies of the kernels (an `optimization_barrier` here did not: XLA:CPU
+  removes barriers before it schedules, and removing it changed neither
+  speed nor temporaries). GPT-2 base int8 generation on JAX decodes 91.4
+  tok/s at batch 1 and 367.4 at batch 8, 1.31x and 1.39x float32 (69.6 and
+  263.6) (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`);
+  on TensorFlow 127 and 522, where it did 64 and 307 before the row was
+  padded and the table read as stored. The torch backend has its own int8
+  path (`torch_gpt2`).
 * bfloat16/float16 layers on JAX on a CPU (`supports_half`): XLA:CPU
   computes a half-precision dot with a half-precision result on float32
   copies of both operands, a widened copy of the kernel on every call
@@ -78,13 +82,7 @@ def _int8_matmul(
             return ops.matmul(upstream, upstream_kernel), None, None
 
         quantized, inputs_scale = inputs_quantizer(rows, axis=-1)
-        if keras.config.backend() == "jax":
-            products = _ynnpack_products(quantized, kernel, transposed, "int32")
-        else:
-            # TensorFlow's XLA runs a one-row int8 product faster as one row.
-            products = ops.matmul(
-                quantized, ops.transpose(kernel) if transposed else kernel
-            )  # int32
+        products = _products_as_stored(quantized, kernel, transposed, "int32")
         outputs = ops.cast(products, compute_dtype)
         return ops.divide(outputs, ops.multiply(inputs_scale, kernel_scale)), grad
 
@@ -105,27 +103,40 @@ def _one_row_as_two(product, rows):
     return product(ops.pad(rows, ((0, 1), (0, 0))))[:1]
 
 
-def _ynnpack_products(rows, kernel, transposed, accumulation):
-    """`rows @ kernel` (JAX) as a dot that XLA:CPU hands to YNNPACK.
+def _products_as_stored(rows, kernel, transposed, accumulation):
+    """`rows @ kernel` on XLA (JAX, TensorFlow), the kernel read as stored.
 
-    XLA:CPU hands an int8 (`accumulation="int32"`) or half-precision
-    (`"float32"`) dot of at least 2 rows to YNNPACK, which reads the kernel
-    as stored; a single row (batch-1 decoding) is instead converted (a
-    4-byte copy of the kernel per step) for a slower loop, so a single row
-    is padded with a zero row. A tied embedding (`transposed`, stored
-    `(n, k)`) is contracted on its last axis as stored: a transposed copy
-    would be materialised (or hoisted out of the loop).
+    An int8 (`accumulation="int32"`) or, on JAX, half-precision
+    (`"float32"`) dot of at least 2 rows runs on XLA:CPU's multi-threaded
+    GEMMs (YNNPACK on JAX, Eigen on TensorFlow), which read the kernel as
+    stored; a single row (batch-1 decoding) is instead converted to wider
+    copies (JAX) or looped on one core (TensorFlow), so it is padded with
+    a zero row. A tied embedding (`transposed`, stored `(n, k)`) is
+    contracted on its last axis as stored: given a transposed table, XLA
+    materialises a transposed copy (TensorFlow: an int32 copy, +154 MB for
+    GPT-2 base, hoisted out of `generate()`'s loop, and an int32 product
+    7x slower than the int8 one at batch 8).
     """
-    import jax
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
 
-    contracted = 1 if transposed else 0
-    dimensions = (((1,), (contracted,)), ((), ()))
-    return _one_row_as_two(
-        lambda rows: jax.lax.dot_general(
-            rows, kernel, dimensions, preferred_element_type=accumulation
-        ),
-        rows,
-    )
+        def product(rows):
+            return tf.matmul(
+                rows, kernel, transpose_b=transposed, output_type=accumulation
+            )
+
+    else:
+        import jax
+
+        contracted = 1 if transposed else 0
+        dimensions = (((1,), (contracted,)), ((), ()))
+
+        def product(rows):
+            return jax.lax.dot_general(
+                rows, kernel, dimensions, preferred_element_type=accumulation
+            )
+
+    return _one_row_as_two(product, rows)
 
 
 def supports_half(layer):
@@ -145,11 +156,11 @@ def _half_products(rows, kernel, transposed=False):
     XLA:CPU multiplies a half-precision dot with a half-precision result as
     float32 copies of both operands (a widened copy of the kernel on every
     call); asked for a float32 result it runs YNNPACK's bfloat16/float16
-    GEMM (`_ynnpack_products`). The products are exact in float32 either way
+    GEMM (`_products_as_stored`). The products are exact in float32 either way
     and both accumulate in float32; the sum's order may differ, so the
     half-precision result may differ in its last bit.
     """
-    return _ynnpack_products(rows, kernel, transposed, "float32").astype(rows.dtype)
+    return _products_as_stored(rows, kernel, transposed, "float32").astype(rows.dtype)
 
 
 def _flattened(layer, inputs, kernel):
@@ -169,23 +180,24 @@ def _flattened(layer, inputs, kernel):
     return rows, ops.reshape(kernel, (in_features, -1)), unflatten
 
 
-def _one_row_on_tensorflow(layer, inputs, contracted=None):
-    """True for a float layer on TensorFlow applied to a single row.
+def _one_row_on_tensorflow(layer, inputs):
+    """True for a float Dense/EinsumDense on TensorFlow applied to a single row.
 
     TensorFlow's XLA (2.21) fuses a one-row product with its bias or
     reshape into a loop on one core (~5.6 GB/s); as two rows it runs on
     its multi-threaded GEMM. GPT-2 base float32 decoding at batch 1 under
     XLA: 33-34 -> 51-55 tok/s (TensorFlow's own kernels: 43-46, with or
-    without the padding; `benchmarks/NOTES.md`).
+    without the padding; `benchmarks/NOTES.md`). The tied LM head, which
+    has no bias, is not padded: padded, batch 1 decoded 55 tok/s instead
+    of 63.5.
     """
     if keras.config.backend() != "tensorflow":
         return False
     if getattr(layer, "quantization_mode", None) is not None or not layer.built:
         return False
-    if contracted is None:  # a Dense/EinsumDense: the axes its bias does not span
-        if layer.bias is None:
-            return False
-        contracted = len(layer.kernel.shape) - len(layer.bias.shape)
+    if layer.bias is None:
+        return False
+    contracted = len(layer.kernel.shape) - len(layer.bias.shape)  # the axes the bias does not span
     leading = tuple(inputs.shape)[: len(inputs.shape) - contracted]
     return all(size == 1 for size in leading)
 
@@ -235,26 +247,21 @@ def dense(layer, inputs):
 def reverse_embedding(layer, hidden_states):
     """`layer(hidden_states, reverse=True)`: logits of a tied `ReversibleEmbedding`.
 
-    Int8 embeddings on JAX/TensorFlow take the XLA-friendly int8 product,
-    half-precision ones on JAX on a CPU YNNPACK's GEMM, and a single row on
-    TensorFlow a product of two rows (see `dense`).
+    Int8 embeddings on JAX/TensorFlow take the XLA-friendly int8 product
+    and half-precision ones on JAX on a CPU YNNPACK's GEMM (see `dense`).
     """
     if not layer.tie_weights or layer.logit_soft_cap is not None:
         return layer(hidden_states, reverse=True)
     same_dtype = keras.backend.standardize_dtype(hidden_states.dtype) == layer.compute_dtype
     plain = same_dtype and layer.reverse_dtype in (None, layer.compute_dtype)
     half = supports_half(layer) and plain
-    one_row = plain and _one_row_on_tensorflow(layer, hidden_states, contracted=1)
-    if not (half or one_row or supports_int8(layer)):
+    if not (half or supports_int8(layer)):
         return layer(hidden_states, reverse=True)
     shape = tuple(ops.shape(hidden_states))
     rows = ops.reshape(hidden_states, (-1, shape[-1]))
-    if half or one_row:
-        table = ops.cast(layer.embeddings, layer.compute_dtype)
     if half:
+        table = ops.cast(layer.embeddings, layer.compute_dtype)
         logits = _half_products(rows, table, transposed=True)
-    elif one_row:
-        logits = _one_row_as_two(lambda rows: ops.matmul(rows, ops.transpose(table)), rows)
     else:
         logits = _int8_matmul(
             rows,

@@ -1,5 +1,7 @@
 """`backends.dense`: the same results as the Keras layers, float and int8."""
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -153,6 +155,61 @@ def test_int8_reverse_embedding_exact_and_gradient(rows):
         np.testing.assert_allclose(np.asarray(ours), 2 * logits @ table, rtol=1e-5, atol=1e-5)
 
 
+def _compiled(function, x):
+    """`(values, optimized HLO text)` of `function(x)` compiled by XLA."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        compiled = jax.jit(function).lower(x).compile()
+        return compiled(x), compiled.as_text()
+    import tensorflow as tf
+
+    compiled = tf.function(function, jit_compile=True)
+    return compiled(x), compiled.experimental_get_compiler_ir(x)(stage="optimized_hlo")
+
+
+def _copies_of(text, shape):
+    """Lines of HLO `text` defining a buffer of `shape` (either order) that is not int8."""
+    shapes = {",".join(map(str, shape)), ",".join(map(str, shape[::-1]))}
+    copies = []
+    for line in text.splitlines():
+        defined = line.split("=", 1)[1].split("(")[0] if "=" in line else ""
+        match = re.search(r"(\w+)\[([\d,]+)\]", defined)
+        if match and match.group(2) in shapes and match.group(1) != "s8":
+            copies.append(line.strip()[:120])
+    return copies
+
+
+@pytest.mark.skipif(not XLA, reason="the int8 product on XLA (JAX, TensorFlow)")
+@pytest.mark.parametrize("rows", [1, 3])
+def test_int8_under_xla_reads_the_kernel_as_stored(rows):
+    """Compiled by XLA, the int8 products still equal Keras' layers bit for
+    bit, and the int8 kernels and tied table are read as stored: XLA makes
+    no widened or transposed copy of them (TensorFlow's XLA turned a
+    transposed int8 table into an int32 copy and a 7x slower product)."""
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Dense(96)
+    layer.build((None, 768))
+    layer.quantize("int8")
+    table = keras.layers.ReversibleEmbedding(1000, 64)
+    table.build((None, None))
+    table.quantize("int8")
+    rng = np.random.default_rng(5)
+    cases = [
+        (layer, rng.normal(size=(rows, 768)), lambda x: dense(layer, x), layer),
+        (table, rng.normal(size=(rows, 1, 64)), lambda x: reverse_embedding(table, x),
+         lambda x: table(x, reverse=True)),
+    ]
+    for quantized, x, ours, keras_call in cases:
+        x = keras.ops.convert_to_tensor(x.astype("float32"))
+        values, text = _compiled(ours, x)
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(values), keras.ops.convert_to_numpy(keras_call(x))
+        )
+        kernel = quantized._kernel if quantized is layer else quantized._embeddings
+        assert not _copies_of(text, tuple(kernel.shape)), _copies_of(text, tuple(kernel.shape))
+
+
 JAX = keras.config.backend() == "jax"
 jax_only = pytest.mark.skipif(not JAX, reason="YNNPACK's half-precision GEMM is XLA:CPU's (JAX)")
 HALF_STEP = {"bfloat16": 2.0**-8, "float16": 2.0**-11}  # half the spacing at 1
@@ -270,20 +327,13 @@ tf_only = pytest.mark.skipif(not TF, reason="TensorFlow's XLA one-row loop")
 
 
 def _one_row_cases(dtype, lora):
-    """GPT-2's projections and tied LM head, each with a single row."""
+    """GPT-2's projections, each with a single row."""
     layers, inputs = _half_layers(dtype, 1)
-    embedding = keras.layers.ReversibleEmbedding(300, 32, dtype=dtype)
-    embedding.build((None, None))
     if lora:
         for layer in layers.values():
             layer.enable_lora(2)
             layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 0.5))
-    hidden = keras.ops.cast(np.random.default_rng(2).normal(size=(1, 1, 32)), dtype)
-    return [
-        (layers["query"], inputs["query"], lambda l, x: l(x), dense),
-        (layers["mlp"], inputs["mlp"], lambda l, x: l(x), dense),
-        (embedding, hidden, lambda l, x: l(x, reverse=True), reverse_embedding),
-    ]
+    return [(layers["query"], inputs["query"]), (layers["mlp"], inputs["mlp"])]
 
 
 @tf_only
@@ -295,8 +345,8 @@ def test_one_row_on_tensorflow_equals_the_layer(dtype, lora):
     layer's values, and its gradients for the input and the weights."""
     import tensorflow as tf
 
-    for layer, x, keras_call, ours in _one_row_cases(dtype, lora):
-        assert dense_module._one_row_on_tensorflow(layer, x, contracted=1)
+    for layer, x in _one_row_cases(dtype, lora):
+        assert dense_module._one_row_on_tensorflow(layer, x)
         x = tf.convert_to_tensor(x)
 
         def values_and_gradients(call):
@@ -306,8 +356,8 @@ def test_one_row_on_tensorflow_equals_the_layer(dtype, lora):
                 loss = tf.reduce_sum(tf.cast(out, "float32") ** 2)
             return [out] + tape.gradient(loss, [x] + layer.trainable_variables)
 
-        expected = values_and_gradients(keras_call)
-        for actual in (values_and_gradients(ours), tf.function(values_and_gradients, jit_compile=True)(ours)):
+        expected = values_and_gradients(lambda layer, x: layer(x))
+        for actual in (values_and_gradients(dense), tf.function(values_and_gradients, jit_compile=True)(dense)):
             for a, e in zip(actual, expected):
                 assert a.dtype == e.dtype and a.shape == e.shape
                 if dtype == "float32":
@@ -316,12 +366,12 @@ def test_one_row_on_tensorflow_equals_the_layer(dtype, lora):
                     _assert_half_close(a, e, dtype)
 
 
-def test_more_rows_and_int8_are_not_padded_on_tensorflow():
+def test_only_a_single_float_row_is_padded_on_tensorflow():
     layers, inputs = _layers()
     assert not dense_module._one_row_on_tensorflow(layers["mlp"], inputs["mlp"])  # 10 rows
     one = inputs["mlp"][:1]
     assert dense_module._one_row_on_tensorflow(layers["mlp"], one) == TF
     assert dense_module._one_row_on_tensorflow(layers["query"], inputs["query"][:1, :1]) == TF
     assert not dense_module._one_row_on_tensorflow(keras.layers.Dense(4), one)  # not built
-    layers["mlp"].quantize("int8")  # one int8 row runs faster unpadded
+    layers["mlp"].quantize("int8")  # int8 rows take `_products_as_stored`
     assert not dense_module._one_row_on_tensorflow(layers["mlp"], one)
