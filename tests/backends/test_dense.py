@@ -112,7 +112,7 @@ def test_dense_on_rows_keeps_leading_axes():
 def test_int8_products_are_exact(rows):
     """The int8 products are exact int32 sums, so the outputs equal Keras' bit for bit.
 
-    One row (batch-1 decoding) takes a padded path on JAX; kernels of
+    One row (batch-1 decoding) takes a padded path on XLA; kernels of
     GPT-2's widths (768 in, 3072 in) with saturated int8 values.
     """
     rng = np.random.default_rng(3)
