@@ -196,17 +196,16 @@ def test_int8_under_xla_reads_the_kernel_as_stored(rows):
     table.quantize("int8")
     rng = np.random.default_rng(5)
     cases = [
-        (layer, rng.normal(size=(rows, 768)), lambda x: dense(layer, x), layer),
-        (table, rng.normal(size=(rows, 1, 64)), lambda x: reverse_embedding(table, x),
+        (layer._kernel, rng.normal(size=(rows, 768)), lambda x: dense(layer, x), layer),
+        (table._embeddings, rng.normal(size=(rows, 1, 64)), lambda x: reverse_embedding(table, x),
          lambda x: table(x, reverse=True)),
     ]
-    for quantized, x, ours, keras_call in cases:
+    for kernel, x, ours, keras_call in cases:
         x = keras.ops.convert_to_tensor(x.astype("float32"))
         values, text = _compiled(ours, x)
         np.testing.assert_array_equal(
             keras.ops.convert_to_numpy(values), keras.ops.convert_to_numpy(keras_call(x))
         )
-        kernel = quantized._kernel if quantized is layer else quantized._embeddings
         assert not _copies_of(text, tuple(kernel.shape)), _copies_of(text, tuple(kernel.shape))
 
 
