@@ -1,7 +1,8 @@
 """`finetune`'s resumable checkpoint: one `.npz` file, written atomically.
 
 `OUTPUT.checkpoint/state.npz` holds the trainable variables, the dropout
-seed states, the optimizer's variables (moments, iteration count) and a
+seed states (on torch also its global generator, from which Keras' torch
+dropout draws), the optimizer's variables (moments, iteration count) and a
 JSON record: the step reached, the metrics so far, and the run's
 signature (preset, data checksum, sequence length, batch size, seed, LoRA
 rank, ...). A resumed run must have the same signature, so that the batch
@@ -23,6 +24,7 @@ import json
 import os
 import shutil
 
+import keras
 import numpy as np
 
 from gpt2_lib.cli.distributed import run_on_writer
@@ -51,6 +53,19 @@ def _saved_variables(model):
     return list(model.trainable_variables) + seeds
 
 
+def _torch_rng_state():
+    """torch's global generator state, or None off torch.
+
+    Keras' torch dropout draws from it when the layer has no seed (ours do
+    not), so a resumed run needs it to drop what the interrupted one would.
+    """
+    if keras.config.backend() != "torch":
+        return None
+    import torch
+
+    return torch.get_rng_state().numpy()
+
+
 def _assign(variable, value):
     """`variable.assign(value)`, sharded like the variable under a distribution."""
     sharding = dist.variable_sharding(variable)
@@ -70,6 +85,7 @@ class Checkpoint:
     def __init__(self, directory, signature):
         self.directory = directory
         self.signature = signature
+        self._torch_rng_state = None  # restored, set before the first step
 
     @property
     def path(self):
@@ -93,6 +109,9 @@ class Checkpoint:
             "record": record,
         }
         arrays["meta"] = np.asarray(json.dumps(meta))
+        rng_state = _torch_rng_state()
+        if rng_state is not None:
+            arrays["torch_rng_state"] = rng_state
 
         def write():
             os.makedirs(self.directory, exist_ok=True)
@@ -137,7 +156,22 @@ class Checkpoint:
                 _assign(variable, state[f"variable_{i}"])
             for i, variable in enumerate(optimizer.variables):
                 _assign(variable, state[f"optimizer_{i}"])
+            if _torch_rng_state() is not None and "torch_rng_state" in state.files:
+                self._torch_rng_state = state["torch_rng_state"].copy()
         return meta["step"], meta["record"]
+
+    def resume_generator(self):
+        """Set torch's global generator as it was at the checkpoint (once).
+
+        Called just before the first resumed step: `fit()` draws from the
+        generator when it starts (torch's data loader seeds its workers), as
+        it did once in the interrupted run, before the state was saved.
+        """
+        state, self._torch_rng_state = self._torch_rng_state, None
+        if state is not None:
+            import torch
+
+            torch.set_rng_state(torch.from_numpy(state))
 
     def _check_signature(self, meta):
         if meta.get("format") != FORMAT_VERSION:

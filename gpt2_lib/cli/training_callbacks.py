@@ -188,6 +188,10 @@ class FinetuneMonitor(keras.callbacks.Callback):
             return None
         return (self._loss_sum - loss_sum) / (self._rows - rows)
 
+    def on_train_batch_begin(self, batch, logs=None):
+        if batch == 0:
+            self.checkpoint.resume_generator()
+
     def on_train_batch_end(self, batch, logs=None):
         logs = logs if logs is not None else {}
         self.signals.synchronize()

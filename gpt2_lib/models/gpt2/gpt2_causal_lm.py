@@ -87,8 +87,9 @@ class GPT2CausalLM(CausalLM):
     def __call__(self, inputs, *args, **kwargs):
         return super().__call__(self._with_position_ids(inputs), *args, **kwargs)
 
-    def call(self, inputs, *args, **kwargs):
-        return super().call(self._with_position_ids(inputs), *args, **kwargs)
+    def call(self, inputs, training=None, **kwargs):
+        # `training` named, so that Keras passes it (`fit()` with dropout).
+        return super().call(self._with_position_ids(inputs), training=training, **kwargs)
 
     # === Cached forward pass ===
 

@@ -314,6 +314,25 @@ def test_fit_on_token_dicts_and_default_compile():
     assert losses[-1] < losses[0] * 0.7
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.5])
+def test_fit_trains_with_dropout(dropout):
+    """`fit()` calls the model with `training=True`, so dropout is on: a
+    training step's loss (learning rate 0) differs from the evaluation of the
+    same batch exactly when the backbone has dropout. `call(inputs, *args,
+    **kwargs)` hid the argument from Keras, which then trained without it."""
+    backbone = GPT2Backbone.from_config({**lively_pair()[1].get_config(), "dropout": dropout})
+    lm = GPT2CausalLM(backbone)
+    lm.compile(optimizer=keras.optimizers.SGD(0.0))
+    ids = np.tile(np.arange(10, 26, dtype="int32"), (4, 1))
+    x, y = {"token_ids": ids, "padding_mask": np.ones_like(ids)}, np.roll(ids, -1, axis=1)
+    trained = lm.train_on_batch(x, y, return_dict=True)["loss"]
+    evaluated = lm.test_on_batch(x, y, return_dict=True)["loss"]
+    if dropout:
+        assert abs(trained - evaluated) > 1e-3 * abs(evaluated)
+    else:
+        np.testing.assert_allclose(trained, evaluated, rtol=1e-5)
+
+
 def test_per_token_loss_on_rows_equals_keras_loss_on_the_batch():
     _, lm = greedy_lm()  # default loss: sparse categorical cross-entropy
     x = mixed_batch()
