@@ -5,7 +5,8 @@ Keras on torch runs eagerly, layer by layer: a GPT-2 base forward pays for
 separate bias add, and a cached decoding step copies the whole key/value
 cache (`slice_update` clones, `stack`). At batch 1 that overhead costs more
 than the step's matmuls. `TorchBlocks` computes the same blocks with
-`torch.addmm` on the variables found through `backbone.weight_table()`:
+plain products on the variables found through `backbone.weight_table()`
+(float32 ones on oneDNN, `torch_matmul`; others with `torch.addmm`):
 
 * without a cache (`GPT2Backbone.call`): autograd reaches the variables, so
   training and LoRA (through each layer's `kernel`) go through it too;
@@ -28,6 +29,7 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
+from gpt2_lib.backends import torch_matmul
 from gpt2_lib.backends.attention import dot_product_attention
 
 
@@ -124,39 +126,6 @@ def _column_major(variable, columns):
     matrix = matrix.t().contiguous().t()
     tensor.data = matrix.reshape(tensor.shape)
     return matrix
-
-
-def _in_two_halves(rows, kernel, bias):
-    """`rows @ kernel (+ bias)` as one batched product over two column halves.
-
-    MKL runs a few-row SGEMM on one core (~20 GB/s of weights here, the
-    same with 1 or 2 threads); `torch.bmm` over two halves of the columns
-    runs one per core. The halves are views of the kernel (for an odd
-    width they overlap by a column), each product is the one `addmm` makes
-    for its columns (bit-identical in the tests), and only the small output
-    is copied. GPT-2 base, batch 1, float32: the block products 16.9 -> 10.5
-    ms per step, the LM head 9.1 -> 5.1 ms (`benchmarks/NOTES.md`). Float32
-    only: a bfloat16 `bmm` is ~4x slower than its `addmm`.
-    """
-    import torch
-
-    inner, width = kernel.shape
-    half = (width + 1) // 2
-    offset = width - half  # the second half's first column
-
-    def split(tensor, shape):  # two views, `offset` columns apart
-        *strides, column = tensor.stride()
-        return torch.as_strided(
-            tensor, (2, *shape), (column * offset, *strides, column), tensor.storage_offset()
-        )
-
-    rows = rows.expand(2, *rows.shape)
-    if bias is None:
-        products = torch.bmm(rows, split(kernel, (inner, half)))  # (2, rows, half)
-    else:  # the bias added as `addmm` adds it
-        bias = split(bias.reshape(1, width), (1, half)).expand(2, rows.shape[1], half)
-        products = torch.baddbmm(bias, rows, split(kernel, (inner, half)))
-    return torch.cat([products[0], products[1, :, half - offset :]], dim=1)
 
 
 class TorchBlocks:
@@ -271,8 +240,9 @@ class TorchBlocks:
         projections of the same rows (query, key, value).
         """
         torch = self.torch
-        if linear.scale is None and self.for_generation and rows.dtype == torch.float32:
-            return _in_two_halves(rows, linear.kernel, linear.bias)
+        operands = (rows, linear.kernel) + (() if linear.bias is None else (linear.bias,))
+        if linear.scale is None and torch_matmul.supports(*operands):
+            return torch_matmul.matmul(rows, linear.kernel, linear.bias)  # float32: oneDNN
         if linear.scale is None:
             if linear.bias is None:
                 return rows @ linear.kernel

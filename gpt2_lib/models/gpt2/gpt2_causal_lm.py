@@ -5,6 +5,7 @@ from keras import ops
 
 from gpt2_lib.backends import torch_gpt2
 from gpt2_lib.backends.attention import updates_whole_cache
+from gpt2_lib.backends.dense import reverse_embedding
 from gpt2_lib.backends.loop_weights import tied_logits
 from gpt2_lib.models.causal_lm import CausalLM
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
@@ -89,7 +90,13 @@ class GPT2CausalLM(CausalLM):
 
     def call(self, inputs, training=None, **kwargs):
         # `training` named, so that Keras passes it (`fit()` with dropout).
-        return super().call(self._with_position_ids(inputs), training=training, **kwargs)
+        inputs = self._with_position_ids(inputs)
+        if keras.config.backend() == "torch":
+            # The graph's layers, the tied head through `reverse_embedding`:
+            # its float32 product on oneDNN (`torch_matmul`), not MKL.
+            hidden_states = self.backbone(inputs, training=training)
+            return reverse_embedding(self.backbone.token_embedding, hidden_states)
+        return super().call(inputs, training=training, **kwargs)
 
     # === Cached forward pass ===
 

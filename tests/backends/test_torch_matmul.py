@@ -1,0 +1,142 @@
+"""torch's float32 products on oneDNN (`torch_matmul`) equal `addmm`, gradients included."""
+
+import keras
+import numpy as np
+import pytest
+
+from gpt2_lib.backends import torch_matmul
+from gpt2_lib.models import GPT2Backbone
+from gpt2_lib.models import GPT2CausalLM
+
+pytestmark = pytest.mark.skipif(keras.config.backend() != "torch", reason="torch's oneDNN path")
+
+
+def _operands(rows, width, layout, bias, requires_grad):
+    import torch
+
+    generator = torch.Generator().manual_seed(width + rows)
+    x = torch.randn(rows, 48, generator=generator)
+    if layout == "kernel":
+        stored = torch.randn(48, width, generator=generator)
+    else:  # a tied table `(vocab, hidden)`, multiplied as its transposed view
+        stored = torch.randn(width, 48, generator=generator)
+    b = None
+    if bias == "contiguous":
+        b = torch.randn(width, generator=generator)
+    elif bias == "strided":  # every other element of a longer vector
+        b = torch.randn(2 * width, generator=generator)[::2]
+    leaves = [t.requires_grad_(requires_grad) for t in (x, stored) + ((b,) if b is not None else ())]
+    return leaves, (lambda stored: stored if layout == "kernel" else stored.t())
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8])
+@pytest.mark.parametrize("layout", ["kernel", "transposed_table"])
+@pytest.mark.parametrize("bias", [None, "contiguous", "strided"])
+def test_outputs_and_gradients_equal_addmm(rows, layout, bias):
+    import torch
+
+    leaves, as_kernel = _operands(rows, 99, layout, bias, requires_grad=True)
+    x, stored = leaves[:2]
+    b = leaves[2] if len(leaves) > 2 else None
+    assert torch_matmul.supports(x, as_kernel(stored))
+    weights = torch.linspace(-1, 1, 99)  # a loss whose gradient is not uniform
+
+    def outputs_and_gradients(product):
+        out = product(x, as_kernel(stored), b)
+        grads = torch.autograd.grad((out * weights).square().sum(), leaves)
+        return [out.detach(), *grads]
+
+    got = outputs_and_gradients(torch_matmul.matmul)
+    expected = outputs_and_gradients(
+        lambda x, kernel, b: x @ kernel if b is None else torch.addmm(b, x, kernel)
+    )
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-4)
+
+
+def test_without_gradients_no_autograd_node_and_empty_rows():
+    import torch
+
+    (x, stored), _ = _operands(4, 8, "kernel", None, requires_grad=False)
+    out = torch_matmul.matmul(x, stored)
+    assert out.grad_fn is None
+    torch.testing.assert_close(out, x @ stored, rtol=1e-5, atol=1e-5)
+    empty = torch_matmul.matmul(x[:0], stored, torch.ones(8))
+    assert empty.shape == (0, 8)
+
+
+def test_only_float32_cpu_tensors_are_supported():
+    import torch
+
+    x = torch.ones(2, 3)
+    assert torch_matmul.supports(x, torch.ones(3, 4))
+    assert not torch_matmul.supports(x, torch.ones(3, 4, dtype=torch.bfloat16))
+    assert not torch_matmul.supports(x, np.ones((3, 4), "float32"))
+    assert not torch_matmul.supports(x, torch.ones(3, 4, device="meta"))
+
+
+def _backbone(dtype="float32", dropout=0.0):
+    keras.utils.set_random_seed(0)
+    return GPT2Backbone(vocabulary_size=100, num_layers=2, num_heads=4, hidden_dim=32,
+                        intermediate_dim=64, max_sequence_length=16, dropout=dropout, dtype=dtype)
+
+
+@pytest.fixture
+def products(monkeypatch):
+    """Counts oneDNN products; `products.disable()` makes every call site fall back."""
+    class Calls(list):
+        def disable(self):
+            monkeypatch.setattr(torch_matmul, "_linear", lambda: None)
+
+    calls = Calls()
+    original = torch_matmul._product
+    monkeypatch.setattr(torch_matmul, "_product", lambda *a: calls.append(1) or original(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])  # the torch fast path, then Keras' layers
+def test_causal_lm_loss_and_gradients_equal_the_mkl_path(products, dropout):
+    """Training through `GPT2CausalLM` (blocks, projections and the tied
+    head) runs its float32 products on oneDNN, with the loss and every
+    gradient of the plain `addmm`/`matmul` path."""
+    import torch
+
+    lm = GPT2CausalLM(_backbone(dropout=dropout))
+    rng = np.random.default_rng(0)
+    ids = torch.tensor(rng.integers(0, 100, (2, 12)))
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[1, 9:] = False
+
+    def loss_and_gradients():
+        torch.manual_seed(0)  # the same dropout masks both times
+        keras.utils.set_random_seed(0)
+        logits = lm({"token_ids": ids, "padding_mask": mask}, training=True)
+        loss = keras.losses.sparse_categorical_crossentropy(
+            ids[:, 1:], logits[:, :-1], from_logits=True
+        ).mean()
+        variables = [v.value for v in lm.trainable_variables]
+        return [loss.detach(), *torch.autograd.grad(loss, variables)]
+
+    got = loss_and_gradients()
+    # Per block: query, key, value, output, 2 MLP products; then the head;
+    # each twice more in the backward pass (inputs and kernel).
+    assert len(products) == 3 * (6 * 2 + 1)
+    products.disable()
+    expected = loss_and_gradients()
+    assert len(products) == 3 * (6 * 2 + 1)  # none more
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype, uses_onednn", [("float32", True), ("bfloat16", False)])
+def test_generation_products_on_onednn_for_float32(products, dtype, uses_onednn):
+    lm = GPT2CausalLM(_backbone(dtype=dtype))
+    lm.compile(sampler="greedy")
+    prompt = {"token_ids": np.array([[5, 6, 0, 0]]), "padding_mask": np.array([[1, 1, 0, 0]])}
+    got = lm.generate(prompt, stop_token_ids=None)
+    # 6 products per block in the prefill pass, then 2 steps with the LM head.
+    assert len(products) == ((6 * 2 + 2 * (6 * 2 + 1)) if uses_onednn else 0)
+    if uses_onednn:
+        products.disable()
+        np.testing.assert_array_equal(lm.generate(prompt, stop_token_ids=None)["token_ids"],
+                                      got["token_ids"])
