@@ -1,6 +1,6 @@
-"""Dense projections on 2D rows; int8 on XLA, half precision on JAX, one row on TF.
+"""Dense projections on 2D rows; int8 on XLA, half on JAX, one row on TF, oneDNN on torch.
 
-Four measured speed-ups, all computing what the Keras layer computes:
+Five measured speed-ups, all computing what the Keras layer computes:
 
 * `dense_on_rows`: XLA's CPU backward of a 3D x 2D matmul (`(batch, seq,
   hidden) @ (hidden, out)`) runs ~1.4x slower than the same product on 2D
@@ -40,6 +40,8 @@ Four measured speed-ups, all computing what the Keras layer computes:
   215.4), and trains at 342 tok/s instead of 305; GPT-2 XL decodes at 4.6
   tok/s instead of 2.6 (float32: 6.5; at XL's widths YNNPACK's two-row
   bfloat16 product is bound by arithmetic, not memory; `benchmarks/NOTES.md`).
+* float32 layers on torch on a CPU (`_float32_on_torch_cpu`) multiply on
+  oneDNN (`torch_matmul`), ~2x MKL's float32 GEMM on an AMD EPYC.
 * a single row of a float layer on TensorFlow (`_one_row_on_tensorflow`):
   TensorFlow's XLA fuses a one-row product into a loop on one core, so it
   is multiplied as two rows. With `generate()` under XLA, GPT-2 base
@@ -222,8 +224,9 @@ def dense(layer, inputs):
 
     Int8 layers on JAX/TensorFlow take the XLA-friendly int8 product,
     half-precision ones on JAX on a CPU YNNPACK's GEMM (`supports_half`),
-    and a single row on TensorFlow a product of two rows
-    (`_one_row_on_tensorflow`); every other call is the layer's own.
+    float32 ones on torch on a CPU oneDNN's (`torch_matmul`), and a single
+    row on TensorFlow a product of two rows (`_one_row_on_tensorflow`);
+    every other call is the layer's own.
 
     Args:
         layer: a built `keras.layers.Dense` or `EinsumDense` whose bias spans
@@ -265,8 +268,9 @@ def dense(layer, inputs):
 def reverse_embedding(layer, hidden_states):
     """`layer(hidden_states, reverse=True)`: logits of a tied `ReversibleEmbedding`.
 
-    Int8 embeddings on JAX/TensorFlow take the XLA-friendly int8 product
-    and half-precision ones on JAX on a CPU YNNPACK's GEMM (see `dense`).
+    Int8 embeddings on JAX/TensorFlow take the XLA-friendly int8 product,
+    half-precision ones on JAX on a CPU YNNPACK's GEMM and float32 ones on
+    torch on a CPU oneDNN's (see `dense`).
     """
     if not layer.tie_weights or layer.logit_soft_cap is not None:
         return layer(hidden_states, reverse=True)

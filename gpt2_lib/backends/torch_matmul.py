@@ -13,6 +13,8 @@ products, summed in another order: ~1e-6 apart) and its backward as two
 more oneDNN products, so `fit()` gets the speed too.
 """
 
+import functools
+
 import keras
 
 
@@ -49,7 +51,9 @@ def _product(rows, weight, bias=None):
     return _linear()(rows, weight, bias, "none", [], "")
 
 
+@functools.cache
 def _function():
+    """The autograd function, made on first use (torch is imported lazily)."""
     import torch
 
     class Matmul(torch.autograd.Function):
@@ -74,9 +78,6 @@ def _function():
     return Matmul
 
 
-_MATMUL = []
-
-
 def matmul(rows, kernel, bias=None):
     """`rows @ kernel (+ bias)` on oneDNN, differentiable in all three.
 
@@ -92,14 +93,9 @@ def matmul(rows, kernel, bias=None):
         float32 rounding.
 
     Example:
-    >>> import keras
-    >>> rows, kernel = np.ones((2, 3), "float32"), np.ones((3, 4), "float32")
-    >>> if keras.config.backend() == "torch":
-    ...     rows, kernel = keras.ops.convert_to_tensor(rows), keras.ops.convert_to_tensor(kernel)
-    ...     rows = matmul(rows, kernel) if supports(rows, kernel) else rows @ kernel
-    ...     print(keras.ops.convert_to_numpy(rows).tolist())
-    ... else:
-    ...     print((rows @ kernel).tolist())
+    >>> rows, kernel = keras.ops.ones((2, 3)), keras.ops.ones((3, 4))
+    >>> product = matmul(rows, kernel) if supports(rows, kernel) else rows @ kernel
+    >>> keras.ops.convert_to_numpy(product).tolist()
     [[3.0, 3.0, 3.0, 3.0], [3.0, 3.0, 3.0, 3.0]]
     """
     if rows.shape[0] == 0:  # oneDNN has no empty product
@@ -109,6 +105,4 @@ def matmul(rows, kernel, bias=None):
     operands = (rows, kernel, bias)
     if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands)):
         return _product(rows, kernel.t(), bias)  # no autograd node to pay for (generation)
-    if not _MATMUL:
-        _MATMUL.append(_function())
-    return _MATMUL[0].apply(rows, kernel, bias)
+    return _function().apply(rows, kernel, bias)
