@@ -240,13 +240,8 @@ class TorchBlocks:
         projections of the same rows (query, key, value).
         """
         torch = self.torch
-        operands = (rows, linear.kernel) + (() if linear.bias is None else (linear.bias,))
-        if linear.scale is None and torch_matmul.supports(*operands):
-            return torch_matmul.matmul(rows, linear.kernel, linear.bias)  # float32: oneDNN
-        if linear.scale is None:
-            if linear.bias is None:
-                return rows @ linear.kernel
-            return torch.addmm(linear.bias, rows, linear.kernel)
+        if linear.scale is None:  # float32 on oneDNN, other dtypes `addmm`
+            return torch_matmul.matmul(rows, linear.kernel, linear.bias)
         # Keras' int8 layers: int8 inputs, exact int32 products, both scales.
         rows_int8, inputs_scale = quantized or self._quantize(rows)
         products = torch._int_mm(rows_int8, linear.kernel).to(rows.dtype)

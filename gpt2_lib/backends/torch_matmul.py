@@ -79,14 +79,15 @@ def _function():
 
 
 def matmul(rows, kernel, bias=None):
-    """`rows @ kernel (+ bias)` on oneDNN, differentiable in all three.
+    """`rows @ kernel (+ bias)` for torch tensors, on oneDNN where `supports` them.
 
-    Call only where `supports(rows, kernel)` holds.
+    Differentiable in all three. Other tensors (bfloat16, off the CPU, no
+    rows, no oneDNN) take `torch.addmm` / `@`, as before.
 
     Args:
-        rows: `(rows, in)` float32 tensor.
-        kernel: `(in, out)` float32 tensor (a transposed view is read as is).
-        bias: optional `(out,)` float32 tensor.
+        rows: `(rows, in)` tensor.
+        kernel: `(in, out)` tensor (a transposed view is read as is).
+        bias: optional `(out,)` tensor.
 
     Returns:
         `(rows, out)`, equal to `torch.addmm(bias, rows, kernel)` within
@@ -98,11 +99,11 @@ def matmul(rows, kernel, bias=None):
     >>> keras.ops.convert_to_numpy(product).tolist()
     [[3.0, 3.0, 3.0, 3.0], [3.0, 3.0, 3.0, 3.0]]
     """
-    if rows.shape[0] == 0:  # oneDNN has no empty product
-        return rows @ kernel if bias is None else rows @ kernel + bias
     import torch
 
-    operands = (rows, kernel, bias)
-    if not (torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in operands)):
+    operands = (rows, kernel) if bias is None else (rows, kernel, bias)
+    if rows.shape[0] == 0 or not supports(*operands):  # oneDNN has no empty product
+        return rows @ kernel if bias is None else torch.addmm(bias, rows, kernel)
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in operands)):
         return _product(rows, kernel.t(), bias)  # no autograd node to pay for (generation)
     return _function().apply(rows, kernel, bias)

@@ -156,7 +156,7 @@ class Checkpoint:
                 _assign(variable, state[f"variable_{i}"])
             for i, variable in enumerate(optimizer.variables):
                 _assign(variable, state[f"optimizer_{i}"])
-            if _torch_rng_state() is not None and "torch_rng_state" in state.files:
+            if keras.config.backend() == "torch" and "torch_rng_state" in state.files:
                 self._torch_rng_state = state["torch_rng_state"].copy()
         return meta["step"], meta["record"]
 
