@@ -40,7 +40,8 @@ COMMON = ["finetune", "--preset", PRESET, "--sequence-length", "32", "--batch-si
 
 def devices_env(count):
     return cli_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
+                   XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                             f"--xla_force_host_platform_device_count={count}")
 
 
 def read_csv(path):

@@ -28,7 +28,7 @@ def worker_env(devices):
     env = dict(os.environ)
     env.update(
         KERAS_BACKEND="jax",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
         PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
         TF_CPP_MIN_LOG_LEVEL="3",
         JAX_PLATFORMS="cpu",
