@@ -41,6 +41,23 @@ def pytest_report_header(config):
     return f"keras {keras.__version__}, backend {keras.backend.backend()}"
 
 
+# Tests of logic that no backend touches (argument and data errors, terminal
+# output, step counting) run on one pass of the README's test command only.
+# The torch pass: its `gpt2-lib` subprocesses compile nothing.
+BACKEND_INDEPENDENT_PASS = "torch"
+
+
+def pytest_collection_modifyitems(config, items):
+    if keras.config.backend() == BACKEND_INDEPENDENT_PASS:
+        return
+    skip = pytest.mark.skip(
+        reason=f"backend-independent: runs on the KERAS_BACKEND={BACKEND_INDEPENDENT_PASS} pass"
+    )
+    for item in items:
+        if item.get_closest_marker("backend_independent"):
+            item.add_marker(skip)
+
+
 @pytest.fixture(autouse=True)
 def _reset_keras_state():
     keras.utils.set_random_seed(1337)

@@ -96,6 +96,7 @@ def test_perplexity_matches_a_numpy_reference(tmp_path, shipped_lm):
     assert as_json["perplexity"] == pytest.approx(expected, rel=1e-4) and as_json["tokens"] == count
 
 
+@pytest.mark.backend_independent
 def test_perplexity_errors(tmp_path):
     empty = write(tmp_path / "empty.txt", "  \n\n")
     assert_user_error(run_cli("perplexity", empty), "is empty")

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.cli.helpers import REPO
 from tests.cli.helpers import cli_env
 
@@ -16,6 +18,7 @@ def test_the_training_example_imports_nothing_from_tests():
     assert "from tests" not in source and "import tests" not in source
 
 
+@pytest.mark.backend_independent
 def test_the_training_example_refuses_an_existing_preset(tmp_path):
     existing = tmp_path / "gpt2_tiny_shakespeare_en"  # the default --output, in the cwd
     existing.mkdir()

@@ -133,6 +133,7 @@ def test_lora_run_improves_perplexity_and_its_adapters_reproduce_it(lora_run, sh
     assert json.loads(with_lora.stdout)["perplexity"] == pytest.approx(after, rel=1e-3)
 
 
+@pytest.mark.backend_independent
 def test_max_steps_counts_total_steps_across_epochs(tmp_path, text_file, shipped_lm):
     """--max-steps overrides --epochs (Transformers' Trainer); adapters-only output."""
     output = str(tmp_path / "shakespeare.lora.h5")
@@ -153,6 +154,7 @@ def test_max_steps_counts_total_steps_across_epochs(tmp_path, text_file, shipped
         + (["shakespeare.loss_curve.png"] if HAVE_MATPLOTLIB else []))
 
 
+@pytest.mark.backend_independent
 def test_progress_is_a_live_bar_on_a_terminal(tmp_path, text_file):
     import pty
     import subprocess
@@ -232,11 +234,13 @@ def test_interrupt_stops_promptly_checkpoints_and_resumes_at_the_step(tmp_path):
         np.testing.assert_allclose(a, b, atol=2e-5)
 
 
+@pytest.mark.backend_independent
 def test_resume_without_a_checkpoint_and_past_the_end(tmp_path, text_file):
     result = run_cli("finetune", "--data", text_file, "--output", str(tmp_path / "o"), "--resume")
     assert_user_error(result, "--resume: no checkpoint")
 
 
+@pytest.mark.backend_independent
 def test_data_that_is_not_utf8_or_has_no_field(tmp_path):
     binary = tmp_path / "b.txt"
     binary.write_bytes(b"\xff\xfe\x00bad")

@@ -126,6 +126,7 @@ def test_dtype_bfloat16_generates():
     assert json.loads(result.stdout)["text"].startswith("ROMEO.")
 
 
+@pytest.mark.backend_independent
 def test_closed_pipe_exits_quietly():
     """`gpt2-lib generate ... | head -1`: no "Broken pipe", status 0."""
     command = (f"{sys.executable} -m gpt2_lib generate ROMEO. JULIET. KING. --sampler greedy "
@@ -137,6 +138,7 @@ def test_closed_pipe_exits_quietly():
     assert result.stderr == ""
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "argv, fragments",
     [
@@ -151,6 +153,7 @@ def test_errors_after_loading_print_nothing_on_stdout(argv, fragments):
     assert_user_error(result, *fragments)
 
 
+@pytest.mark.backend_independent
 def test_prompt_too_long_names_its_line(tmp_path):
     path = write(tmp_path / "p.txt", "short\n" + "word " * 300 + "\n")
     result = run_cli("generate", "--input", path, "--max-length", "64")

@@ -27,6 +27,7 @@ def run_python(code, env=None):
     )
 
 
+@pytest.mark.backend_independent
 def test_help_version_presets_and_argument_errors_import_no_keras():
     result = run_python("""
         import contextlib, io, sys
@@ -49,6 +50,7 @@ def test_help_version_presets_and_argument_errors_import_no_keras():
     assert result.stderr == ""
 
 
+@pytest.mark.backend_independent
 def test_version_and_presets_table():
     version = run_cli("--version")
     assert version.returncode == 0 and version.stdout.strip() == "gpt2-lib 0.1.0"
@@ -100,6 +102,7 @@ def test_console_script_is_the_main_that_python_dash_m_runs():
         assert "from gpt2_lib.cli import main" in f.read()
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize(
     "argv, fragments",
     [
