@@ -28,6 +28,7 @@ from tests.cli.helpers import popen_cli
 from tests.cli.helpers import run_cli
 from tests.cli.helpers import write
 from tests.distribution.helpers import jax_only
+from tests.distribution.helpers import xla_flags
 
 pytestmark = jax_only
 
@@ -39,9 +40,7 @@ COMMON = ["finetune", "--preset", PRESET, "--sequence-length", "32", "--batch-si
 
 
 def devices_env(count):
-    return cli_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
-                             f"--xla_force_host_platform_device_count={count}")
+    return cli_env(KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(count))
 
 
 def read_csv(path):

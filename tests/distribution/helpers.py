@@ -24,11 +24,16 @@ jax_only = pytest.mark.skipif(
 )
 
 
+def xla_flags(devices):
+    """`XLA_FLAGS` of this process plus `devices` virtual CPU devices."""
+    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+
+
 def worker_env(devices):
     env = dict(os.environ)
     env.update(
         KERAS_BACKEND="jax",
-        XLA_FLAGS=f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}",
+        XLA_FLAGS=xla_flags(devices),
         PYTHONPATH=ROOT + os.pathsep + env.get("PYTHONPATH", ""),
         TF_CPP_MIN_LOG_LEVEL="3",
         JAX_PLATFORMS="cpu",
