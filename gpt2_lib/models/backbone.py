@@ -194,15 +194,18 @@ class Backbone(keras.Model):
         """
         mode = self.check_quantize(mode, config)
         quantization.resolve_policy_maps(self)
-        quantization.quiet_quantize(
-            super().quantize, mode, config=config, filters=filters, **kwargs
-        )
+        lora.release_torch_parameters(self)
+        try:
+            quantization.quiet_quantize(
+                super().quantize, mode, config=config, filters=filters, **kwargs
+            )
+        finally:
+            lora.refresh_torch_parameters(self)
         if not quantization.quantized_layers(self):
             raise ValueError(
                 f"quantize({mode!r}, filters={filters!r}) quantized no layer of "
                 f"{self.name}: no Dense, EinsumDense or Embedding layer matched."
             )
-        lora.refresh_torch_parameters(self)
 
     def check_quantize(self, mode=None, config=None):
         """Raise a clear ValueError if `quantize(mode, config)` cannot run.

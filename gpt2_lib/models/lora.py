@@ -341,6 +341,23 @@ def enable_lora(backbone, rank, target_layer_names=None, alpha=None):
 # === Removing and merging ===
 
 
+def release_torch_parameters(model):
+    """Empty the torch parameter dicts of `model` and its layers (torch only).
+
+    Each composite layer's dict holds every variable under it, so a kernel
+    that `quantize()` replaces would stay in memory until the end of the
+    call; emptied first, each one is freed as soon as it is replaced (peak
+    memory: the float model, not float plus quantized).
+    `refresh_torch_parameters` fills them again. Does nothing on other
+    backends.
+    """
+    for layer in [model] + list(model._flatten_layers(include_self=False)):
+        if "_torch_params" in getattr(layer, "_modules", {}):
+            layer._modules["_torch_params"].clear()
+        elif "_torch_params" in vars(layer):
+            layer._torch_params.clear()
+
+
 def refresh_torch_parameters(model):
     """Make `model.parameters()` list the current variables (torch only).
 

@@ -300,7 +300,11 @@ class Task(keras.Model):
         >>> causal_lm.compile(sampler="greedy")
         >>> text = causal_lm.generate("ROMEO:", max_length=16)
         """
-        self.backbone.quantize(mode, config=config, filters=filters, **kwargs)
+        lora.release_torch_parameters(self)  # the task's dict holds the kernels too
+        try:
+            self.backbone.quantize(mode, config=config, filters=filters, **kwargs)
+        finally:
+            lora.refresh_torch_parameters(self)
         self.train_function = None
         self.test_function = None
         self.predict_function = None
@@ -317,8 +321,8 @@ class Task(keras.Model):
 
     def _post_quantize(self, mode, **kwargs):
         # Not Keras' version: on torch it would register the task's parameter
-        # dict as a submodule; refresh it in place instead.
-        lora.refresh_torch_parameters(self)
+        # dict as a submodule; `quantize` has refreshed it in place.
+        pass
 
     def _drop_stale_functions(self):
         """Forget compiled train/test/predict functions traced with other weights.

@@ -245,6 +245,27 @@ def test_int8_frees_the_float_kernels_and_fits_in_0_3x():
     assert variable_bytes(int4) / float_bytes <= 0.17
 
 
+def test_quantize_frees_each_kernel_as_it_goes_and_collects_garbage_once(monkeypatch):
+    backbone = tiny_backbone()
+    old = {layer.path: weakref.ref(layer._kernel.value) for layer in kernel_layers(backbone)}
+    alive_when_reached = []
+
+    def every_layer(layer):  # Keras asks this before quantizing each layer, in order
+        if layer.path in old:
+            alive_when_reached.append(sum(ref() is not None for ref in old.values()))
+        return True
+
+    collections = []
+    collect = gc.collect
+    monkeypatch.setattr(gc, "collect", lambda *args: collections.append(args) or collect(*args))
+    backbone.quantize("int8", filters=every_layer)
+    # Keras' Layer.__delattr__ collects once per replaced kernel; one collection in all.
+    assert len(collections) == 1
+    # Without those collections each float kernel is still freed when it is replaced.
+    assert alive_when_reached == list(range(len(old), 0, -1))
+    assert [ref() for ref in old.values()].count(None) == len(old)
+
+
 def test_quantizing_through_the_backbone_frees_the_tasks_torch_parameters():
     lm = GPT2CausalLM(tiny_backbone())
     lm.compile(sampler="greedy")
