@@ -1,4 +1,4 @@
-"""Dense projections on 2D rows; int8 on XLA, half on JAX, one row on TF, oneDNN on torch.
+"""Dense projections on 2D rows; exact int8, half on JAX, one row on TF, oneDNN on torch.
 
 Five measured speed-ups, all computing what the Keras layer computes:
 
@@ -25,8 +25,10 @@ Five measured speed-ups, all computing what the Keras layer computes:
   tok/s at batch 1 and 367.4 at batch 8, 1.31x and 1.39x float32 (69.6 and
   263.6) (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`);
   on TensorFlow 127 and 522, where it did 64 and 307 before the row was
-  padded and the table read as stored. The torch backend has its own int8
-  path (`torch_gpt2`).
+  padded and the table read as stored. On torch's CPU the int8 sums come
+  from `torch_matmul.int8_products` (Keras multiplies int8 as int32 there:
+  scoring the Shakespeare preset took 4x as long as float32, now 1.2x);
+  generation has its own int8 path (`torch_gpt2`).
 * bfloat16/float16 layers on JAX on a CPU (`supports_half`): XLA:CPU
   computes a half-precision dot with a half-precision result on float32
   copies of both operands, a widened copy of the kernel on every call
@@ -59,12 +61,12 @@ HALF_PRECISION = ("bfloat16", "float16")
 
 
 def supports_int8(layer):
-    """True for a Keras int8 layer without LoRA, on JAX or TensorFlow."""
-    return (
-        keras.config.backend() in ("jax", "tensorflow")
-        and getattr(layer, "quantization_mode", None) == "int8"
-        and not getattr(layer, "lora_enabled", False)
-    )
+    """True for a Keras int8 layer without LoRA, on JAX, TensorFlow or torch's CPU."""
+    if getattr(layer, "quantization_mode", None) != "int8" or getattr(layer, "lora_enabled", False):
+        return False
+    if keras.config.backend() == "torch":
+        return torch_matmul.has_int8_on_cpu(layer._kernel if hasattr(layer, "_kernel") else layer._embeddings)
+    return keras.config.backend() in ("jax", "tensorflow")
 
 
 def _int8_matmul(
@@ -91,7 +93,7 @@ def _int8_matmul(
         outputs = ops.cast(products, compute_dtype)
         return ops.divide(outputs, ops.multiply(inputs_scale, kernel_scale)), grad
 
-    return matmul(rows, kernel, kernel_scale)
+    return matmul(rows, ops.convert_to_tensor(kernel), ops.convert_to_tensor(kernel_scale))
 
 
 def _one_row_as_two(product, rows):
@@ -109,7 +111,7 @@ def _one_row_as_two(product, rows):
 
 
 def _products_as_stored(rows, kernel, transposed, accumulation):
-    """`rows @ kernel` on XLA (JAX, TensorFlow), the kernel read as stored.
+    """`rows @ kernel`, the kernel read as stored (torch: `torch_matmul.int8_products`).
 
     An int8 (`accumulation="int32"`) or, on JAX, half-precision
     (`"float32"`) dot of at least 2 rows runs on XLA:CPU's multi-threaded
@@ -122,6 +124,8 @@ def _products_as_stored(rows, kernel, transposed, accumulation):
     GPT-2 base, hoisted out of `generate()`'s loop, and an int32 product
     7x slower than the int8 one at batch 8).
     """
+    if keras.config.backend() == "torch":
+        return torch_matmul.int8_products(rows, kernel, transposed)
     if keras.config.backend() == "tensorflow":
         import tensorflow as tf
 
@@ -222,7 +226,7 @@ def _float32_on_torch_cpu(layer, inputs):
 def dense(layer, inputs):
     """`layer(inputs)` for a `Dense`/`EinsumDense` over the last axes.
 
-    Int8 layers on JAX/TensorFlow take the XLA-friendly int8 product,
+    Int8 layers take exact int8 products (XLA-friendly on JAX/TensorFlow),
     half-precision ones on JAX on a CPU YNNPACK's GEMM (`supports_half`),
     float32 ones on torch on a CPU oneDNN's (`torch_matmul`), and a single
     row on TensorFlow a product of two rows (`_one_row_on_tensorflow`);
@@ -268,7 +272,7 @@ def dense(layer, inputs):
 def reverse_embedding(layer, hidden_states):
     """`layer(hidden_states, reverse=True)`: logits of a tied `ReversibleEmbedding`.
 
-    Int8 embeddings on JAX/TensorFlow take the XLA-friendly int8 product,
+    Int8 embeddings take exact int8 products (XLA-friendly on JAX/TensorFlow),
     half-precision ones on JAX on a CPU YNNPACK's GEMM and float32 ones on
     torch on a CPU oneDNN's (see `dense`).
     """

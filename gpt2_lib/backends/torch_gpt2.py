@@ -14,9 +14,11 @@ plain products on the variables found through `backbone.weight_table()`
   steps): weights are read once per `generate()` call and the new
   keys/values are written into the cache in place. int8-quantized layers
   (`quantize("int8")`) run as Keras computes them (inputs quantized per row
-  to int8, exact int32 products, rescaled) with `torch._int_mm`: ~2x a
+  to int8, exact int32 products, rescaled) with
+  `torch_matmul.int8_products`: on a CPU with VNNI `torch._int_mm`, ~2x a
   float32 GEMV at batch 1, ~7x at batch 8, reading a quarter of the bytes
-  (`benchmarks/NOTES.md`).
+  (`benchmarks/NOTES.md`); elsewhere exact float32 products of the int8
+  values.
 
 The model computes the embeddings, positions and attention mask itself and
 hands them over, so this module holds only the block math. It is the fast
@@ -75,15 +77,9 @@ def supports(backbone, token_ids=None, training=False, generation=False):
             getattr(layer, "lora_enabled", False) and layer.quantization_mode
             for layer in backbone._flatten_layers()
         )
-        return generation and modes == {"int8"} and not adapted and _has_int_mm()
+        return generation and modes == {"int8"} and not adapted
     policy = backbone.dtype_policy
     return policy.variable_dtype == policy.compute_dtype
-
-
-def _has_int_mm():
-    import torch
-
-    return hasattr(torch, "_int_mm")
 
 
 class _Norm(NamedTuple):
@@ -239,12 +235,11 @@ class TorchBlocks:
         `quantized` optionally holds `self._quantize(rows)`, shared by the
         projections of the same rows (query, key, value).
         """
-        torch = self.torch
         if linear.scale is None:  # float32 on oneDNN, other dtypes `addmm`
             return torch_matmul.matmul(rows, linear.kernel, linear.bias)
         # Keras' int8 layers: int8 inputs, exact int32 products, both scales.
         rows_int8, inputs_scale = quantized or self._quantize(rows)
-        products = torch._int_mm(rows_int8, linear.kernel).to(rows.dtype)
+        products = torch_matmul.int8_products(rows_int8, linear.kernel).to(rows.dtype)
         outputs = products / (inputs_scale * linear.scale).to(rows.dtype)
         return outputs if linear.bias is None else outputs + linear.bias
 

@@ -40,10 +40,33 @@ def test_dense_equals_the_layer(name, mode):
     layer, x = layers[name], inputs[name]
     if mode:
         layer.quantize(mode)
-    assert dense_module.supports_int8(layer) == (XLA and mode == "int8")
+    assert dense_module.supports_int8(layer) == (mode == "int8")
     expected = keras.ops.convert_to_numpy(layer(x))
     actual = keras.ops.convert_to_numpy(dense(layer, x))
     np.testing.assert_allclose(actual, expected, rtol=1e-6, atol=1e-6)
+
+
+def _input_gradient(fn, x):
+    """The gradient of `sum(fn(x) ** 2)` with respect to `x`, as numpy."""
+    if keras.config.backend() == "jax":
+        import jax
+
+        gradient = jax.grad(lambda x: (fn(x) ** 2).sum())(x)
+    elif keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        t = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(t)
+            value = tf.reduce_sum(fn(t) ** 2)
+        gradient = tape.gradient(value, t)
+    else:
+        import torch
+
+        t = torch.tensor(x, requires_grad=True)
+        (fn(t) ** 2).sum().backward()
+        gradient = t.grad
+    return keras.ops.convert_to_numpy(gradient)
 
 
 def test_int8_gradient_equals_keras():
@@ -51,37 +74,8 @@ def test_int8_gradient_equals_keras():
     layer = layers["mlp"]
     layer.quantize("int8")
     x = inputs["mlp"]
-    if keras.config.backend() == "jax":
-        import jax
-
-        def loss(fn):
-            return lambda x: (fn(x) ** 2).sum()
-
-        ours = jax.grad(loss(lambda x: dense(layer, x)))(x)
-        theirs = jax.grad(loss(layer))(x)
-    elif keras.config.backend() == "tensorflow":
-        import tensorflow as tf
-
-        def grad(fn):
-            t = tf.constant(x)
-            with tf.GradientTape() as tape:
-                tape.watch(t)
-                value = tf.reduce_sum(fn(t) ** 2)
-            return tape.gradient(value, t)
-
-        ours, theirs = grad(lambda t: dense(layer, t)), grad(layer)
-    else:
-        import torch
-
-        def grad(fn):
-            t = torch.tensor(x, requires_grad=True)
-            (fn(t) ** 2).sum().backward()
-            return t.grad
-
-        ours, theirs = grad(lambda t: dense(layer, t)), grad(layer)
-    np.testing.assert_allclose(
-        keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs), rtol=1e-5, atol=1e-5
-    )
+    ours, theirs = _input_gradient(lambda t: dense(layer, t), x), _input_gradient(layer, x)
+    np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", [None, "int8"])
@@ -142,17 +136,14 @@ def test_int8_reverse_embedding_exact_and_gradient(rows):
         keras.ops.convert_to_numpy(reverse_embedding(layer, hidden)),
         keras.ops.convert_to_numpy(layer(hidden, reverse=True)),
     )
-    if keras.config.backend() == "jax":
-        import jax
-
-        # Keras' int8 reverse embedding has no input gradient; ours is the
-        # straight-through one of `dense`: upstream @ dequantized embeddings.
-        ours = jax.grad(lambda h: (reverse_embedding(layer, h) ** 2).sum())(hidden)
-        logits = np.asarray(reverse_embedding(layer, hidden))
-        table = np.asarray(layer._embeddings, "float32") / np.asarray(
-            layer.embeddings_scale
-        ).reshape(-1, 1)
-        np.testing.assert_allclose(np.asarray(ours), 2 * logits @ table, rtol=1e-5, atol=1e-5)
+    # Keras' int8 reverse embedding has no input gradient; ours is the
+    # straight-through one of `dense`: upstream @ dequantized embeddings.
+    ours = _input_gradient(lambda h: reverse_embedding(layer, h), hidden)
+    logits = keras.ops.convert_to_numpy(reverse_embedding(layer, hidden))
+    table = keras.ops.convert_to_numpy(layer._embeddings).astype("float32") / keras.ops.convert_to_numpy(
+        layer.embeddings_scale
+    ).reshape(-1, 1)
+    np.testing.assert_allclose(ours, 2 * logits @ table, rtol=1e-5, atol=1e-5)
 
 
 def _compiled(function, x):

@@ -201,14 +201,14 @@ def test_int8_generation_equals_keras_int8_layers():
         assert np.abs(ours - theirs).max() <= 1e-4 + 0.01 * np.abs(theirs - exact).max()
 
 
-def test_int8_generation_runs_int_mm(monkeypatch):
+def test_int8_generation_runs_int8_products(monkeypatch):
     if not TORCH:
         return
-    import torch
+    from gpt2_lib.backends import torch_matmul
 
     calls = []
-    original = torch._int_mm
-    monkeypatch.setattr(torch, "_int_mm", lambda *a: calls.append(1) or original(*a))
+    original = torch_matmul.int8_products
+    monkeypatch.setattr(torch_matmul, "int8_products", lambda *a: calls.append(1) or original(*a))
     backbone = _backbone()
     backbone.quantize("int8")
     lm = GPT2CausalLM(backbone)

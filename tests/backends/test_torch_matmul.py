@@ -1,4 +1,4 @@
-"""torch's float32 products on oneDNN (`torch_matmul`) equal `addmm`, gradients included."""
+"""`torch_matmul`: float32 products on oneDNN equal `addmm` (gradients included); int8 products are exact."""
 
 import keras
 import numpy as np
@@ -140,3 +140,30 @@ def test_generation_products_on_onednn_for_float32(products, dtype, uses_onednn)
         products.disable()
         np.testing.assert_array_equal(lm.generate(prompt, stop_token_ids=None)["token_ids"],
                                       got["token_ids"])
+
+
+@pytest.mark.parametrize("int_mm", [True, False])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("rows,terms", [(1, 64), (3, 64), (2, 3072), (0, 64)])
+def test_int8_products_are_exact_int32_sums(monkeypatch, int_mm, transposed, rows, terms):
+    """Both ways (`torch._int_mm`; float32 products in blocks of columns, the
+    contraction split past 1040 terms) give the exact sums, even saturated
+    ones far beyond float32's 2**24."""
+    import torch
+
+    monkeypatch.setattr(torch_matmul, "int8_on_int_mm", lambda: int_mm)
+    monkeypatch.setattr(torch_matmul, "_FLOAT_BLOCK_ELEMENTS", 8 * terms)  # 8 columns a block
+    generator = torch.Generator().manual_seed(rows + terms)
+    x = torch.randint(-127, 128, (rows, terms), dtype=torch.int8, generator=generator)
+    kernel = torch.randint(-127, 128, (terms, 37), dtype=torch.int8, generator=generator)
+    if rows:  # row 0, column 0: an odd sum of `terms` saturated products
+        x[0] = 127
+        kernel[:, 0] = 127
+        kernel[0, 0] = 126
+    stored = kernel.t().contiguous() if transposed else kernel  # a tied table is (vocab, hidden)
+    products = torch_matmul.int8_products(x, stored, transposed=transposed)
+    assert products.dtype == torch.int32
+    expected = x.long() @ kernel.long()
+    np.testing.assert_array_equal(products.long().numpy(), expected.numpy())
+    if rows and terms == 3072:
+        assert expected[0, 0] > 2**25  # float32 holds only multiples of 4 there
