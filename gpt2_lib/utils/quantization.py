@@ -133,7 +133,7 @@ def quantization_modes(model):
 
 
 def quiet_quantize(quantize, *args, **kwargs):
-    """Call `quantize(*args, **kwargs)` without Keras' per-layer notices.
+    """Call `quantize(*args, **kwargs)` without Keras' per-layer notices and collections.
 
     `keras.Model.quantize` warns for every layer without weights to
     quantize (LayerNorm, Dropout, the position embedding, ...); for GPT-2
@@ -141,10 +141,11 @@ def quiet_quantize(quantize, *args, **kwargs):
 
     Keras' `Layer.__delattr__` also runs a full `gc.collect()` for every
     float kernel it replaces: 0.2-0.6 s each in a process that has imported
-    torch or TensorFlow, so quantizing the tiny Shakespeare preset took 13 s
-    (25 collections) and GPT-2 base ~30 s. The kernels are freed by
+    torch or TensorFlow: quantizing the tiny Shakespeare preset took 13 s
+    (25 collections), GPT-2 base on torch 56 s. The kernels are freed by
     reference counting as they are deleted, so those collections are
-    skipped and one runs at the end (tiny preset: 0.9 s).
+    skipped and one runs at the end (0.9 s and 6 s;
+    `benchmarks/NOTES.md`).
     """
     collect = gc.collect
     gc.collect = _no_collection
