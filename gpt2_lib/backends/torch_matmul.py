@@ -62,6 +62,7 @@ def has_int8_on_cpu(variable):
     return hasattr(torch, "_int_mm") and keras.ops.convert_to_tensor(variable).device.type == "cpu"
 
 
+@functools.cache
 def int8_on_int_mm():
     """Whether `int8_products` uses `torch._int_mm` (a CPU with VNNI or AMX)."""
     import torch
@@ -92,14 +93,17 @@ def _exact_float_products(rows, kernel):
     n = kernel.shape[1]
     outputs = torch.empty((m, n), dtype=torch.int32)
     x = rows.float()
-    chunks = range(0, k, _EXACT_FLOAT32_TERMS)
+    chunks = [
+        (first, x[:, first : first + _EXACT_FLOAT32_TERMS].contiguous())
+        for first in range(0, k, _EXACT_FLOAT32_TERMS)
+    ]  # the rows' slices, made once for every block of columns
     width = max(1, _FLOAT_BLOCK_ELEMENTS // k)
     for start in range(0, n, width):
         block = kernel[:, start : start + width]
         total = None
-        for first in chunks:
+        for first, x_chunk in chunks:
             weight = block[first : first + _EXACT_FLOAT32_TERMS].float().t()  # (columns, terms)
-            part = _float_product(x[:, first : first + _EXACT_FLOAT32_TERMS].contiguous(), weight)
+            part = _float_product(x_chunk, weight)
             total = part if len(chunks) == 1 else part.double() if total is None else total + part.double()
         outputs[:, start : start + width] = total.to(torch.int32)
     return outputs
