@@ -18,7 +18,8 @@ plain products on the variables found through `backbone.weight_table()`
   `torch_matmul.int8_products`: on a CPU with VNNI `torch._int_mm`, ~2x a
   float32 GEMV at batch 1, ~7x at batch 8, reading a quarter of the bytes
   (`benchmarks/NOTES.md`); elsewhere exact float32 products of the int8
-  values.
+  values. int4 layers (weight-only, Keras' default) dequantize their
+  kernels as Keras does, a block at a time (`torch_int4`).
 
 The model computes the embeddings, positions and attention mask itself and
 hands them over, so this module holds only the block math. It is the fast
@@ -31,7 +32,7 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
-from gpt2_lib.backends import torch_matmul
+from gpt2_lib.backends import torch_int4, torch_matmul
 from gpt2_lib.backends.attention import dot_product_attention
 
 
@@ -50,9 +51,9 @@ def supports(backbone, token_ids=None, training=False, generation=False):
     True on the torch backend, for concrete inputs, when dropout is
     inactive (inference, or `dropout=0`) and the weights are stored in the
     compute dtype (float32, bfloat16 or float16: not a mixed policy). For
-    generation, int8-quantized layers are supported too (without LoRA on
-    them); other quantization modes, and quantized training, take the Keras
-    path.
+    generation, int8 and weight-only int4 layers are supported too (without
+    LoRA on them); other quantization modes, and quantized training, take
+    the Keras path.
 
     Args:
         backbone: a `GPT2Backbone`.
@@ -77,7 +78,13 @@ def supports(backbone, token_ids=None, training=False, generation=False):
             getattr(layer, "lora_enabled", False) and layer.quantization_mode
             for layer in backbone._flatten_layers()
         )
-        return generation and modes == {"int8"} and not adapted
+        # int4 layers quantizing their inputs too (not Keras' default) take the Keras path.
+        weight_only = all(
+            getattr(layer, "inputs_quantizer", None) is None
+            for layer in backbone._flatten_layers()
+            if getattr(layer, "quantization_mode", None) == "int4"
+        )
+        return generation and modes <= {"int8", "int4"} and not adapted and weight_only
     policy = backbone.dtype_policy
     return policy.variable_dtype == policy.compute_dtype
 
@@ -91,7 +98,7 @@ class _Norm(NamedTuple):
 class _Linear(NamedTuple):
     """A dense layer as an `(in, out)` matrix; int8 with its `(out,)` scale."""
 
-    kernel: object  # (in, out), float, or int8 with `scale`
+    kernel: object  # (in, out), float, or int8 with `scale`, or a `torch_int4.Int4`
     bias: object  # (out,) or None
     scale: object = None  # Keras' kernel_scale: float kernel = kernel / scale
 
@@ -181,6 +188,8 @@ class TorchBlocks:
     def _matrix(self, dense):
         """A dense layer as a `_Linear` (LoRA included for float layers)."""
         bias = None if dense.bias is None else self._value(dense.bias).reshape(-1)
+        if dense.quantization_mode == "int4":
+            return _Linear(torch_int4.from_layer(dense), bias)
         if dense.quantization_mode == "int8":
             scale = ops.convert_to_tensor(dense.kernel_scale).detach().float().reshape(-1)
             return _Linear(_column_major(dense._kernel, scale.shape[0]), bias, scale)
@@ -207,6 +216,8 @@ class TorchBlocks:
     def _lm_head(self):
         """The tied token embedding as the `(hidden, vocabulary)` LM head."""
         embedding = self._token_embedding
+        if embedding.quantization_mode == "int4":
+            return _Linear(torch_int4.from_layer(embedding, transposed=True), None)
         if embedding.quantization_mode == "int8":
             table = ops.convert_to_tensor(embedding._embeddings).detach()  # (vocab, hidden)
             scale = ops.convert_to_tensor(embedding.embeddings_scale).detach().float()
@@ -235,6 +246,8 @@ class TorchBlocks:
         `quantized` optionally holds `self._quantize(rows)`, shared by the
         projections of the same rows (query, key, value).
         """
+        if isinstance(linear.kernel, torch_int4.Int4):
+            return torch_int4.int4_matmul(rows, linear.kernel, linear.bias)
         if linear.scale is None:  # float32 on oneDNN, other dtypes `addmm`
             return torch_matmul.matmul(rows, linear.kernel, linear.bias)
         # Keras' int8 layers: int8 inputs, exact int32 products, both scales.

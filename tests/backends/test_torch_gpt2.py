@@ -231,3 +231,63 @@ def test_int8_layout_change_keeps_values_and_saves(tmp_path):
     assert before.keys() == after.keys()
     for path in before:
         np.testing.assert_array_equal(before[path], after[path])
+
+
+def _run_cached(model, blocks, ids, length=12):
+    """Prompt logits, one step's logits and the cache, on `blocks` (None: Keras layers)."""
+    mask = np.ones((ids.shape[0], length), bool)
+    cache = model.backbone.build_cache(ids.shape[0], length)
+    logits, _, cache = model.call_with_cache(ids[:, :9], mask, cache, 0, blocks=blocks)
+    step, _, cache = model.call_with_cache(ids[:, 9:10], mask, cache, 9, blocks=blocks)
+    as_numpy = keras.ops.convert_to_numpy
+    return as_numpy(logits).astype("float32"), as_numpy(step).astype("float32"), as_numpy(cache)
+
+
+@pytest.mark.parametrize(
+    "block_size, dtype",
+    [
+        (8, "float32"),  # groups of 8 inputs: every kernel's inputs divide evenly
+        (128, "float32"),  # Keras' default: one partial group here, indexed per input
+        (-1, "float32"),  # per channel: the scale divides the products
+        (8, "bfloat16"),
+    ],
+)
+def test_int4_generation_equals_keras_int4_layers(monkeypatch, block_size, dtype):
+    """int4 layers in the fast path compute what Keras' int4 layers compute.
+
+    An odd intermediate size gives a kernel with an odd number of packed
+    columns and one whose inputs do not fill their last group; tiny blocks
+    of dequantized weights make every product run over several blocks.
+    """
+    from gpt2_lib.backends import torch_int4
+
+    monkeypatch.setattr(torch_int4, "_BLOCK_ELEMENTS", 32 * 6)
+    config = dict(intermediate_dim=63, vocabulary_size=101, dtype=dtype)
+    backbone = _backbone(**config)
+    float_lm = GPT2CausalLM(_backbone(**config))
+    backbone.quantize("int4", config=keras.quantizers.Int4QuantizationConfig(block_size=block_size))
+    lm = GPT2CausalLM(backbone)
+    blocks = lm.generation_blocks()
+    if not TORCH:
+        assert blocks is None
+        return
+    assert isinstance(blocks, torch_gpt2.TorchBlocks)
+    ids = np.random.default_rng(0).integers(0, 101, (3, 10)).astype("int32")
+    fast = _run_cached(lm, blocks, ids)
+    keras_int4 = _run_cached(lm, None, ids)
+    float_model = _run_cached(float_lm, None, ids)
+    for ours, theirs, exact in zip(fast, keras_int4, float_model):
+        assert np.abs(theirs - exact).max() > 0.01  # int4 is visibly not the float model
+        # The same dequantized weights; only the products' summation order may differ.
+        rounding = 1e-5 if dtype == "float32" else 2**-7 * np.abs(theirs).max()
+        assert np.abs(ours - theirs).max() <= rounding
+
+
+def test_int4_generation_refuses_input_quantization(count_fast):
+    """int4 layers that also quantize their inputs stay on Keras' layers."""
+    backbone = _backbone()
+    backbone.quantize("int4")
+    assert torch_gpt2.supports(backbone, generation=True) == TORCH
+    query = next(e.layer for e in backbone.weight_table() if e.role == "self_attention/query")
+    query.inputs_quantizer = keras.quantizers.AbsMaxQuantizer(axis=-1)
+    assert not torch_gpt2.supports(backbone, generation=True)
