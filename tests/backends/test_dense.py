@@ -146,6 +146,46 @@ def test_int8_reverse_embedding_exact_and_gradient(rows):
     np.testing.assert_allclose(ours, 2 * logits @ table, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["query", "output", "mlp"])
+def test_int4_dense_equals_the_layer_and_its_gradient(name):
+    """int4 kernels without Keras' gather (JAX): same outputs, same input gradient."""
+    layers, inputs = _layers()
+    layer, x = layers[name], inputs[name]
+    layer.quantize("int4", config=keras.quantizers.Int4QuantizationConfig(block_size=8))
+    assert dense_module.supports_int4(layer) == (keras.config.backend() == "jax")
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(dense(layer, x)), keras.ops.convert_to_numpy(layer(x)),
+        rtol=1e-5, atol=1e-5,
+    )
+    np.testing.assert_allclose(
+        _input_gradient(lambda h: dense(layer, h), x), _input_gradient(layer, x),
+        rtol=1e-5, atol=1e-4,
+    )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int4_reverse_embedding_equals_the_layer_and_its_gradient(dtype):
+    """The tied int4 table without Keras' gather: same logits, same input gradient."""
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.ReversibleEmbedding(300, 256, dtype=dtype)  # two groups of 128
+    layer.build((None, None))
+    layer.quantize("int4")
+    assert dense_module.supports_int4_table(layer) == XLA
+    hidden = keras.ops.convert_to_numpy(
+        keras.ops.cast(np.random.default_rng(4).normal(size=(3, 2, 256)), dtype)
+    )
+    ours = keras.ops.convert_to_numpy(keras.ops.cast(reverse_embedding(layer, hidden), "float32"))
+    theirs = keras.ops.convert_to_numpy(keras.ops.cast(layer(hidden, reverse=True), "float32"))
+    tolerance = 1e-5 if dtype == "float32" else 2**-7 * np.abs(theirs).max()
+    np.testing.assert_allclose(ours, theirs, rtol=0, atol=tolerance)
+    if dtype == "float32":
+        np.testing.assert_allclose(
+            _input_gradient(lambda h: reverse_embedding(layer, h), hidden),
+            _input_gradient(lambda h: layer(h, reverse=True), hidden),
+            rtol=1e-5, atol=1e-4,
+        )
+
+
 def _compiled(function, x):
     """`(values, optimized HLO text)` of `function(x)` compiled by XLA."""
     if keras.config.backend() == "jax":
