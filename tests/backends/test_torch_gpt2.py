@@ -56,6 +56,23 @@ def count_fast(monkeypatch):
     return calls
 
 
+def _generation_blocks(lm):
+    """`lm`'s fast generation blocks: `TorchBlocks` on torch, None (checked) elsewhere."""
+    blocks = lm.generation_blocks()
+    assert isinstance(blocks, torch_gpt2.TorchBlocks) if TORCH else blocks is None
+    return blocks
+
+
+def _run_cached(model, blocks, ids, length=12):
+    """Prompt logits, one step's logits and the cache, on `blocks` (None: Keras layers)."""
+    mask = np.ones((ids.shape[0], length), bool)
+    cache = model.backbone.build_cache(ids.shape[0], length)
+    logits, _, cache = model.call_with_cache(ids[:, :9], mask, cache, 0, blocks=blocks)
+    step, _, cache = model.call_with_cache(ids[:, 9:10], mask, cache, 9, blocks=blocks)
+    as_numpy = keras.ops.convert_to_numpy
+    return as_numpy(logits).astype("float32"), as_numpy(step).astype("float32"), as_numpy(cache)
+
+
 @pytest.mark.parametrize("position_ids", [False, True])
 @pytest.mark.parametrize("lora", [False, True])
 def test_forward_equals_keras_blocks(count_fast, position_ids, lora):
@@ -114,11 +131,9 @@ def test_cached_steps_equal_keras_cached_steps(dtype, atol):
     """Prompt chunk then one-token steps: logits and cache as the Keras layers."""
     backbone = _backbone(dtype=dtype)
     lm = GPT2CausalLM(backbone)
-    blocks = lm.generation_blocks()
-    if not TORCH:
-        assert blocks is None
+    blocks = _generation_blocks(lm)
+    if blocks is None:
         return
-    assert isinstance(blocks, torch_gpt2.TorchBlocks)
     inputs = _inputs()
     length = 16
     mask = np.zeros((3, length), bool)
@@ -177,25 +192,14 @@ def test_int8_generation_equals_keras_int8_layers():
     float_lm = GPT2CausalLM(_backbone())
     backbone.quantize("int8")
     lm = GPT2CausalLM(backbone)
-    blocks = lm.generation_blocks()
-    if not TORCH:
-        assert blocks is None
+    blocks = _generation_blocks(lm)
+    if blocks is None:
         return
-    assert isinstance(blocks, torch_gpt2.TorchBlocks)
     assert not torch_gpt2.supports(backbone)  # training/forward stays on Keras' layers
     ids = _inputs()["token_ids"]
-    mask = np.ones((3, 12), bool)
-
-    def run(model, fast):
-        cache = model.backbone.build_cache(3, 12)
-        logits, _, cache = model.call_with_cache(ids[:, :9], mask, cache, 0, blocks=fast)
-        step, _, cache = model.call_with_cache(ids[:, 9:10], mask, cache, 9, blocks=fast)
-        as_numpy = keras.ops.convert_to_numpy
-        return as_numpy(logits), as_numpy(step), as_numpy(cache)
-
-    fast = run(lm, blocks)
-    keras_int8 = run(lm, None)
-    float32 = run(float_lm, None)
+    fast = _run_cached(lm, blocks, ids)
+    keras_int8 = _run_cached(lm, None, ids)
+    float32 = _run_cached(float_lm, None, ids)
     for ours, theirs, exact in zip(fast, keras_int8, float32):
         # Same quantized math: far closer to Keras' int8 than int8 is to float.
         assert np.abs(ours - theirs).max() <= 1e-4 + 0.01 * np.abs(theirs - exact).max()
@@ -233,16 +237,6 @@ def test_int8_layout_change_keeps_values_and_saves(tmp_path):
         np.testing.assert_array_equal(before[path], after[path])
 
 
-def _run_cached(model, blocks, ids, length=12):
-    """Prompt logits, one step's logits and the cache, on `blocks` (None: Keras layers)."""
-    mask = np.ones((ids.shape[0], length), bool)
-    cache = model.backbone.build_cache(ids.shape[0], length)
-    logits, _, cache = model.call_with_cache(ids[:, :9], mask, cache, 0, blocks=blocks)
-    step, _, cache = model.call_with_cache(ids[:, 9:10], mask, cache, 9, blocks=blocks)
-    as_numpy = keras.ops.convert_to_numpy
-    return as_numpy(logits).astype("float32"), as_numpy(step).astype("float32"), as_numpy(cache)
-
-
 @pytest.mark.parametrize(
     "block_size, dtype",
     [
@@ -267,11 +261,9 @@ def test_int4_generation_equals_keras_int4_layers(monkeypatch, block_size, dtype
     float_lm = GPT2CausalLM(_backbone(**config))
     backbone.quantize("int4", config=keras.quantizers.Int4QuantizationConfig(block_size=block_size))
     lm = GPT2CausalLM(backbone)
-    blocks = lm.generation_blocks()
-    if not TORCH:
-        assert blocks is None
+    blocks = _generation_blocks(lm)
+    if blocks is None:
         return
-    assert isinstance(blocks, torch_gpt2.TorchBlocks)
     ids = np.random.default_rng(0).integers(0, 101, (3, 10)).astype("int32")
     fast = _run_cached(lm, blocks, ids)
     keras_int4 = _run_cached(lm, None, ids)
