@@ -1,4 +1,4 @@
-"""Dense projections on 2D rows; exact int8, half on JAX, one row on TF, oneDNN on torch.
+"""Dense projections on 2D rows: exact int8, gather-free int4, half on JAX, oneDNN on torch.
 
 Six measured speed-ups, all computing what the Keras layer computes:
 
@@ -44,10 +44,13 @@ Six measured speed-ups, all computing what the Keras layer computes:
   bfloat16 product is bound by arithmetic, not memory; `benchmarks/NOTES.md`).
 * float32 layers on torch on a CPU (`_float32_on_torch_cpu`) multiply on
   oneDNN (`torch_matmul`), ~2x MKL's float32 GEMM on an AMD EPYC.
-* the tied int4 table on JAX and TensorFlow (`supports_int4_table`),
-  dequantized by broadcasting each group's scale and zero point rather
-  than Keras' gather (see `_int4_table`): a batch-8 JAX `generate()` with
-  a one-block GPT-2 base took 78 s where it now takes 3.2.
+* int4 layers in groups, dequantized by broadcasting each group's scale
+  and zero point rather than Keras' gather (`_int4_table`, the same
+  values): the tied table on JAX and TensorFlow (`supports_int4_table`;
+  XLA:CPU fused the gather into the product, and a batch-8 JAX
+  `generate()` with a one-block GPT-2 base took 78 s where it now takes
+  3.2; TensorFlow batch 8 42 -> 64 tok/s), the projections on JAX
+  (`supports_int4`; GPT-2 base batch 1 3.9 -> 8.2 tok/s).
 * a single row of a float layer on TensorFlow (`_one_row_on_tensorflow`):
   TensorFlow's XLA fuses a one-row product into a loop on one core, so it
   is multiplied as two rows. With `generate()` under XLA, GPT-2 base
@@ -231,6 +234,7 @@ def dense(layer, inputs):
     """`layer(inputs)` for a `Dense`/`EinsumDense` over the last axes.
 
     Int8 layers take exact int8 products (XLA-friendly on JAX/TensorFlow),
+    int4 ones on JAX a gather-free dequantization (`supports_int4`),
     half-precision ones on JAX on a CPU YNNPACK's GEMM (`supports_half`),
     float32 ones on torch on a CPU oneDNN's (`torch_matmul`), and a single
     row on TensorFlow a product of two rows (`_one_row_on_tensorflow`);
@@ -340,8 +344,9 @@ def reverse_embedding(layer, hidden_states):
     """`layer(hidden_states, reverse=True)`: logits of a tied `ReversibleEmbedding`.
 
     Int8 embeddings take exact int8 products (XLA-friendly on JAX/TensorFlow),
-    int4 ones (JAX/TensorFlow) a gather-free dequantization, half-precision ones on JAX on a CPU YNNPACK's GEMM and float32 ones on
-    torch on a CPU oneDNN's (see `dense`).
+    int4 ones (JAX/TensorFlow) a gather-free dequantization, half-precision
+    ones on JAX on a CPU YNNPACK's GEMM and float32 ones on torch on a CPU
+    oneDNN's (see `dense`).
     """
     if not layer.tie_weights or layer.logit_soft_cap is not None:
         return layer(hidden_states, reverse=True)
