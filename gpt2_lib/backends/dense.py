@@ -45,8 +45,8 @@ Six measured speed-ups, all computing what the Keras layer computes:
 * float32 layers on torch on a CPU (`_float32_on_torch_cpu`) multiply on
   oneDNN (`torch_matmul`), ~2x MKL's float32 GEMM on an AMD EPYC.
 * int4 layers in groups, dequantized by broadcasting each group's scale
-  and zero point rather than Keras' gather (`_int4_table`, the same
-  values): the tied table on JAX and TensorFlow (`supports_int4_table`;
+  and zero point rather than Keras' gather (`quantization.dequantize_int4`,
+  the same values): the tied table on JAX and TensorFlow (`supports_int4_table`;
   XLA:CPU fused the gather into the product, and a batch-8 JAX
   `generate()` with a one-block GPT-2 base took 78 s where it now takes
   3.2; TensorFlow batch 8 42 -> 64 tok/s), the projections on JAX
@@ -63,6 +63,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.backends import torch_matmul
+from gpt2_lib.utils.quantization import dequantize_int4
 
 HALF_PRECISION = ("bfloat16", "float16")
 
@@ -288,7 +289,6 @@ def supports_int4(layer):
     return (
         keras.config.backend() == "jax"
         and getattr(layer, "quantization_mode", None) == "int4"
-        and hasattr(layer, "kernel_scale")
         and layer.bias is not None
         and not getattr(layer, "lora_enabled", False)
         and getattr(layer, "inputs_quantizer", None) is None
@@ -298,33 +298,23 @@ def supports_int4(layer):
 
 
 def _int4_kernel(layer):
-    """An int4 kernel as Keras dequantizes it, `(in, out)`, by broadcasting (see `_int4_table`)."""
+    """An int4 kernel `(in, out)` as Keras dequantizes it, without its gather."""
     scale = layer.kernel_scale  # (groups, out)
-    groups, columns = scale.shape
-    values = keras.quantizers.unpack_int4(layer._kernel, columns, axis=-1)
-    values = ops.reshape(ops.cast(values, scale.dtype), (groups, -1, columns))
-    zero = ops.cast(layer.kernel_zero, scale.dtype)
-    kernel = ops.multiply(ops.subtract(values, zero[:, None]), scale[:, None])
-    return ops.cast(ops.reshape(kernel, (-1, columns)), layer.compute_dtype)
+    values = keras.quantizers.unpack_int4(layer._kernel, scale.shape[1], axis=-1)
+    kernel = dequantize_int4(
+        ops.cast(values, scale.dtype), scale, layer.kernel_zero,
+        layer._int4_block_size, layer.g_idx, axis=0,
+    )
+    return ops.cast(kernel, layer.compute_dtype)
 
 
 def _int4_table(layer):
-    """A tied int4 table `(vocab, hidden)` as Keras dequantizes it, without a gather.
-
-    Keras maps each input to its group's scale and zero point with a
-    gather over the whole table; XLA:CPU fuses that into the product, and
-    on JAX a batch-8 `generate()` of GPT-2 base spent minutes per call in
-    it. Groups of the block size are broadcast over instead (the same
-    values: `(value - zero) * scale`, in the compute dtype).
-    """
-    values = ops.cast(keras.quantizers.unpack_int4(layer._embeddings, layer.output_dim, axis=-1),
-                      layer.compute_dtype)
-    vocabulary, hidden = values.shape
-    groups = layer.embeddings_scale.shape[1]
-    values = ops.reshape(values, (vocabulary, groups, hidden // groups))
-    scale = ops.expand_dims(layer.embeddings_scale, -1)
-    zero = ops.expand_dims(ops.cast(layer.embeddings_zero, scale.dtype), -1)
-    return ops.reshape(ops.multiply(ops.subtract(values, zero), scale), (vocabulary, hidden))
+    """A tied int4 table `(vocab, hidden)` as Keras dequantizes it, without its gather."""
+    values = keras.quantizers.unpack_int4(layer._embeddings, layer.output_dim, axis=-1)
+    return dequantize_int4(
+        ops.cast(values, layer.compute_dtype), layer.embeddings_scale, layer.embeddings_zero,
+        layer._int4_block_size, layer.g_idx, axis=-1,
+    )
 
 
 def supports_int4_table(layer):

@@ -10,6 +10,8 @@ pieces gpt2_lib needs around that:
 - `check_mode`: the modes Keras can quantize a GPT-2 to, with clear errors;
 - `quantized_policy_map`: the `DTypePolicyMap` KerasHub writes for a model;
 - `rebase_policy`: a saved map on a new float dtype (`from_preset(dtype=)`);
+- `dequantize_int4`: Keras' grouped int4 dequantization without its gather
+  (for export and the backends' int4 paths);
 - `dequantized_weights`: a quantized layer's float weights, computed exactly
   as the layer's own call does (for exporting to float formats);
 - `weights_signature`: a cheap fingerprint of a model's variables, so that
@@ -280,12 +282,57 @@ def _float32(value):
     return ops.cast(value, "float32")
 
 
-def _dequantize_grouped(unpacked, layer, scale, zero, group_axis):
-    from keras.src.quantizers.quantizers import dequantize_with_sz_map
+def dequantize_int4(values, scale, zero, block_size, g_idx, axis):
+    """Keras' grouped int4 dequantization, `(values - zero) * scale`.
 
-    return dequantize_with_sz_map(
-        _float32(unpacked), _float32(scale), zero, layer.g_idx, group_axis=group_axis
-    )
+    Each position along `axis` of the 2D `values` belongs to a group of
+    `block_size` (the layer's `g_idx`); `scale` and `zero` hold one entry
+    per group on that axis. Keras maps positions to groups with a gather
+    over the whole matrix, which XLA:CPU fuses into the product that
+    follows: a batch-8 JAX `generate()` of a one-block GPT-2 base spent 78 s
+    per call in it (3.2 s broadcast; `benchmarks/NOTES.md`). Even groups are
+    broadcast over instead, the same values; a partial last group takes
+    Keras' gather.
+
+    Args:
+        values: `(rows, columns)` unpacked int4 values, in the dtype the
+            layer dequantizes in (Keras: the int8 values for kernels, the
+            compute dtype for embeddings).
+        scale: per-group scales, groups along `axis`.
+        zero: per-group zero points, groups along `axis`.
+        block_size: the layer's `_int4_block_size` (positive).
+        g_idx: the layer's `g_idx`, each position's group.
+        axis: 0 or -1, the grouped axis of `values`.
+
+    Returns:
+        `(rows, columns)`, in the dtype of `values - scale`.
+
+    Example:
+    >>> values = np.array([[1, 2], [3, 4]], "int8")
+    >>> scale, zero = np.array([[0.5, 1.0]], "float32"), np.array([[1, 2]], "int8")
+    >>> ops.convert_to_numpy(dequantize_int4(values, scale, zero, 2, [0, 0], axis=0))
+    array([[0., 0.],
+           [1., 2.]], dtype=float32)
+    """
+    scale = ops.convert_to_tensor(scale)
+    zero = ops.cast(zero, scale.dtype)
+    rows, columns = values.shape
+    size = rows if axis == 0 else columns
+    if size % block_size:
+        from keras.src.quantizers.quantizers import dequantize_with_sz_map
+
+        return dequantize_with_sz_map(values, scale, zero, g_idx, group_axis=axis)
+    if axis == 0:  # (groups, block, columns)
+        grouped = ops.reshape(values, (-1, block_size, columns))
+        scale, zero = ops.expand_dims(scale, 1), ops.expand_dims(zero, 1)
+    else:  # (rows, groups, block)
+        grouped = ops.reshape(values, (-1, size // block_size, block_size))
+        scale, zero = ops.expand_dims(scale, -1), ops.expand_dims(zero, -1)
+    return ops.reshape(ops.multiply(ops.subtract(grouped, zero), scale), (-1, columns))
+
+
+def _grouped(layer):
+    return getattr(layer, "_int4_block_size", None) not in (None, -1)
 
 
 def _dense_kernel(layer):
@@ -293,9 +340,12 @@ def _dense_kernel(layer):
     if mode == "int8":
         return _float32(layer._kernel) / _float32(layer.kernel_scale)
     unpacked = keras.quantizers.unpack_int4(layer._kernel, layer._orig_output_dim, axis=-1)
-    if getattr(layer, "_int4_block_size", None) in (None, -1):
+    if not _grouped(layer):
         return _float32(unpacked) / _float32(layer.kernel_scale)
-    return _dequantize_grouped(unpacked, layer, layer.kernel_scale, layer.kernel_zero, 0)
+    return dequantize_int4(
+        _float32(unpacked), _float32(layer.kernel_scale), layer.kernel_zero,
+        layer._int4_block_size, layer.g_idx, axis=0,
+    )
 
 
 def _einsum_dense_kernel(layer):
@@ -306,10 +356,13 @@ def _einsum_dense_kernel(layer):
     unpacked = keras.quantizers.unpack_int4(
         layer._kernel, layer._int4_unpacked_column_size, axis=-1
     )
-    if getattr(layer, "_int4_block_size", None) in (None, -1):
+    if not _grouped(layer):
         kernel = _float32(unpacked) / _float32(layer.kernel_scale)
     else:
-        kernel = _dequantize_grouped(unpacked, layer, layer.kernel_scale, layer.kernel_zero, 0)
+        kernel = dequantize_int4(
+            _float32(unpacked), _float32(layer.kernel_scale), layer.kernel_zero,
+            layer._int4_block_size, layer.g_idx, axis=0,
+        )
     return ops.reshape(kernel, layer.original_kernel_shape)
 
 
@@ -318,10 +371,11 @@ def _embeddings(layer):
     if mode == "int8":
         return _float32(layer._embeddings) / _float32(layer.embeddings_scale)[:, None]
     unpacked = keras.quantizers.unpack_int4(layer._embeddings, layer._orig_output_dim, axis=-1)
-    if getattr(layer, "_int4_block_size", None) in (None, -1):
+    if not _grouped(layer):
         return _float32(unpacked) / _float32(layer.embeddings_scale)[:, None]
-    return _dequantize_grouped(
-        unpacked, layer, layer.embeddings_scale, layer.embeddings_zero, -1
+    return dequantize_int4(
+        _float32(unpacked), _float32(layer.embeddings_scale), layer.embeddings_zero,
+        layer._int4_block_size, layer.g_idx, axis=-1,
     )
 
 

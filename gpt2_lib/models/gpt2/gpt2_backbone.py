@@ -6,6 +6,7 @@ from keras import ops
 
 from gpt2_lib.backends import torch_gpt2
 from gpt2_lib.backends.attention import updates_whole_cache
+from gpt2_lib.backends.embedding import embedding_lookup
 from gpt2_lib.backends.loop_weights import per_layer_weights
 from gpt2_lib.layers.attention_mask import CausalAttentionMask
 from gpt2_lib.layers.attention_mask import causal_attention_mask
@@ -349,7 +350,8 @@ class GPT2Backbone(Backbone):
         if position_ids is None:
             position_ids = position_ids_from_padding_mask(padding_mask)
             position_ids = ops.slice(position_ids, [0, query_start], [batch, seq])
-        hidden_states = self.token_embedding(token_ids) + self.position_embedding(
+        tokens = embedding_lookup(self.token_embedding, token_ids)  # int4: only these rows unpacked
+        hidden_states = tokens + self.position_embedding(
             padding_mask, position_ids
         )
         attention_mask = causal_attention_mask(
