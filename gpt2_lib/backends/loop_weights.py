@@ -30,6 +30,15 @@ it schedules. Half-precision values are selected on their bits (a
 half-precision select is itself widened, and hoisted), so they enter the
 generate function as zero-copy `uint16` views (`carry_in`) that XLA's
 bitcasts fold into. Float32 weights and other platforms are untouched.
+
+On TensorFlow (XLA) the int4 layers' variables are fenced the same way:
+XLA hoisted every int4 kernel's and the tied table's dequantized float32
+copy out of the decode loop, so int4 generation of GPT-2 base held more
+than float32's (compiled-call peak 910 MB for 67 MB of int4 weights;
+float32: 685 MB). Fenced: 488 MB. Decoding dequantizes every weight on
+every step instead, as JAX's does: 16.5 -> ~12 tok/s at batch 1 (int4 is
+the mode that fits, int8 the fast one; `benchmarks/NOTES.md`). Its int8
+layers are not fenced (that cost int8 decoding half its speed).
 """
 
 import contextlib
@@ -44,7 +53,10 @@ _LOW_PRECISION = HALF_PRECISION + ("int8",)
 
 
 def supports(layer):
-    """True on JAX on a CPU for a layer with bfloat16/float16/int8 variables."""
+    """True on JAX on a CPU for a layer with bfloat16/float16/int8 variables,
+    on TensorFlow for one with int4 sublayers."""
+    if keras.config.backend() == "tensorflow":
+        return bool(_int4_variables([layer]))
     if keras.config.backend() != "jax":
         return False
     import jax
@@ -91,7 +103,14 @@ def per_layer_weights(layers, layer_input):
     ...     pass
     """
     layers = layers if isinstance(layers, (list, tuple)) else [layers]
-    if not any(supports(layer) for layer in layers) or _enclosing_scope() is None:
+    if not any(supports(layer) for layer in layers):
+        yield
+        return
+    if keras.config.backend() == "tensorflow":
+        with _tensorflow_int4_fence(layers, layer_input):
+            yield
+        return
+    if _enclosing_scope() is None:
         yield
         return
     import jax
@@ -109,6 +128,33 @@ def per_layer_weights(layers, layer_input):
         if _is_low_precision(variable) and not _read_as_stored(variable):
             value = _select(keep, value)
         mapping.append((variable, value))
+    with keras.StatelessScope(state_mapping=mapping):
+        yield
+
+
+def _int4_variables(layers):
+    """Every variable of `layers`' int4 sublayers: packed values, scales, zero points."""
+    return [
+        variable
+        for layer in layers
+        for sublayer in layer._flatten_layers()
+        if getattr(sublayer, "quantization_mode", None) == "int4"
+        for variable in sublayer.variables
+    ]
+
+
+@contextlib.contextmanager
+def _tensorflow_int4_fence(layers, layer_input):
+    """`per_layer_weights` on TensorFlow: the int4 layers' variables behind
+    an always-true `where` on `layer_input` (no enclosing scope to map)."""
+    import tensorflow as tf
+
+    first = tf.cast(tf.reshape(layer_input, [-1])[0], tf.float32)
+    keep = tf.bitcast(tf.abs(first), tf.int32) >= 0  # always true, not provable
+    mapping = [
+        (variable, tf.where(keep, variable.value, tf.zeros((), variable.dtype)))
+        for variable in _int4_variables(layers)
+    ]
     with keras.StatelessScope(state_mapping=mapping):
         yield
 

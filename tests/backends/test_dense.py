@@ -152,7 +152,7 @@ def test_int4_dense_equals_the_layer_and_its_gradient(name):
     layers, inputs = _layers()
     layer, x = layers[name], inputs[name]
     layer.quantize("int4", config=keras.quantizers.Int4QuantizationConfig(block_size=8))
-    assert dense_module.supports_int4(layer) == (keras.config.backend() == "jax")
+    assert dense_module.supports_int4(layer) == XLA
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(dense(layer, x)), keras.ops.convert_to_numpy(layer(x)),
         rtol=1e-5, atol=1e-5,

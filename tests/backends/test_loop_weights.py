@@ -1,5 +1,6 @@
 """`loop_weights`: low-precision weights widened per layer inside XLA:CPU's
-generation loops: the same values and tokens, far fewer temporaries (JAX)."""
+generation loops: the same values and tokens, far fewer temporaries (JAX;
+int4 on TensorFlow)."""
 
 import keras
 import numpy as np
@@ -119,7 +120,11 @@ def generate_plain(lm, monkeypatch, inputs):
         return lm.generate(inputs, stop_token_ids=None)
 
 
-@pytest.mark.parametrize("dtype,quantize", [("bfloat16", None), ("float32", "int8")], ids=["bfloat16", "int8"])
+@pytest.mark.parametrize(
+    "dtype,quantize",
+    [("bfloat16", None), ("float32", "int8"), ("float32", "int4")],
+    ids=["bfloat16", "int8", "int4"],
+)
 def test_generate_equals_the_unfenced_model(dtype, quantize, monkeypatch):
     lm = causal_lm(dtype, quantize)
     inputs = prompts()
@@ -187,3 +192,43 @@ def test_tied_logits_in_chunks_equal_the_embedding(dtype, rows, hidden_dtype):
     np.testing.assert_allclose(
         np.asarray(got, "float32"), np.asarray(expected, "float32"), rtol=tolerance, atol=tolerance
     )
+
+
+def _carried_float_elements(lm, inputs):
+    """The most float32 elements any while loop of TensorFlow's compiled
+    `generate()` carries from one iteration to the next (optimized HLO)."""
+    import re
+
+    import tensorflow as tf
+
+    text = lm.make_generate_function().experimental_get_compiler_ir(
+        {k: tf.constant(v) for k, v in inputs.items()}, None
+    )(stage="optimized_hlo")
+    carried = [0]
+    for line in text.splitlines():
+        if " while(" in line:
+            shapes = re.findall(r"f32\[([\d,]*)\]", line.split(" while(")[0])
+            carried.append(sum(int(np.prod([int(d) for d in s.split(",") if d])) for s in shapes))
+    return max(carried)
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="TensorFlow's XLA hoisting")
+def test_tensorflow_int4_generation_carries_no_dequantized_weights(monkeypatch):
+    """Unfenced, XLA dequantizes every int4 kernel and the tied table once,
+    before the decode loop, and carries the float32 copies through it."""
+    lm = causal_lm("float32", "int4")
+    inputs = prompts()
+    fenced = _carried_float_elements(lm, inputs)
+    with monkeypatch.context() as patch:
+        patch.setattr(loop_weights, "supports", lambda layer: False)
+        lm.generate_function = None
+        plain = _carried_float_elements(lm, inputs)
+    lm.generate_function = None
+    h, i = CONFIG["hidden_dim"], CONFIG["intermediate_dim"]
+    kernels = CONFIG["num_layers"] * (4 * h * h + 2 * h * i)
+    table = CONFIG["vocabulary_size"] * h
+    assert plain - fenced > 0.95 * (kernels + table), (plain, fenced, kernels, table)
+    # What remains: the cache, the position table, logits and small vectors.
+    cache = 2 * CONFIG["num_layers"] * 2 * 48 * h  # (batch, layers, 2, length, hidden)
+    positions = CONFIG["max_sequence_length"] * h
+    assert fenced < cache + positions + 4 * CONFIG["vocabulary_size"], (fenced, cache, positions)
