@@ -36,15 +36,6 @@ from gpt2_lib.backends import torch_int4, torch_matmul
 from gpt2_lib.backends.attention import dot_product_attention
 
 
-def quantization_modes(model):
-    """The set of quantization modes of `model`'s layers (empty if float)."""
-    return {
-        layer.quantization_mode
-        for layer in model._flatten_layers()
-        if getattr(layer, "quantization_mode", None) is not None
-    }
-
-
 def supports(backbone, token_ids=None, training=False, generation=False):
     """Whether `TorchBlocks(backbone)` computes exactly what the Keras blocks do.
 
@@ -72,21 +63,23 @@ def supports(backbone, token_ids=None, training=False, generation=False):
         return False
     if training and backbone.dropout > 0:
         return False
-    modes = quantization_modes(backbone)
-    if modes:
-        adapted = any(
-            getattr(layer, "lora_enabled", False) and layer.quantization_mode
-            for layer in backbone._flatten_layers()
-        )
-        # int4 layers quantizing their inputs too (not Keras' default) take the Keras path.
-        weight_only = all(
-            getattr(layer, "inputs_quantizer", None) is None
-            for layer in backbone._flatten_layers()
-            if getattr(layer, "quantization_mode", None) == "int4"
-        )
-        return generation and modes <= {"int8", "int4"} and not adapted and weight_only
+    quantized = [
+        layer for layer in backbone._flatten_layers()
+        if getattr(layer, "quantization_mode", None) is not None
+    ]
+    if quantized:
+        return generation and all(_takes_quantized(layer) for layer in quantized)
     policy = backbone.dtype_policy
     return policy.variable_dtype == policy.compute_dtype
+
+
+def _takes_quantized(layer):
+    """int8, or weight-only int4 (Keras' default), without LoRA on it."""
+    if getattr(layer, "lora_enabled", False):
+        return False
+    if layer.quantization_mode == "int4":
+        return getattr(layer, "inputs_quantizer", None) is None
+    return layer.quantization_mode == "int8"
 
 
 class _Norm(NamedTuple):

@@ -275,7 +275,7 @@ def test_int4_generation_equals_keras_int4_layers(monkeypatch, block_size, dtype
         assert np.abs(ours - theirs).max() <= rounding
 
 
-def test_int4_generation_refuses_input_quantization(count_fast):
+def test_int4_generation_refuses_input_quantization():
     """int4 layers that also quantize their inputs stay on Keras' layers."""
     backbone = _backbone()
     backbone.quantize("int4")
