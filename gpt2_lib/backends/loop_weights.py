@@ -35,10 +35,11 @@ On TensorFlow (XLA) the int4 layers' variables are fenced the same way:
 XLA hoisted every int4 kernel's and the tied table's dequantized float32
 copy out of the decode loop, so int4 generation of GPT-2 base held more
 than float32's (compiled-call peak 910 MB for 67 MB of int4 weights;
-float32: 685 MB). Fenced: 488 MB. Decoding dequantizes every weight on
-every step instead, as JAX's does: 16.5 -> ~12 tok/s at batch 1 (int4 is
-the mode that fits, int8 the fast one; `benchmarks/NOTES.md`). Its int8
-layers are not fenced (that cost int8 decoding half its speed).
+float32: 685 MB). Fenced: 485 MB. Decoding dequantizes every weight on
+every step instead, as JAX's does: 16.5 / 63.5 -> 10.9 / 34.1 tok/s at
+batch 1 / 8 (int4 is the mode that fits, int8 the fast one;
+`benchmarks/NOTES.md`). Its int8 layers are not fenced (that cost int8
+decoding half its speed).
 """
 
 import contextlib

@@ -14,7 +14,7 @@ most `_BLOCK_ELEMENTS` weights, so that no product holds a float copy of a
 whole kernel or of the embedding table, and multiplies them on oneDNN
 (`torch_matmul.matmul`). The unpacking and dequantizing passes over the
 weights cost ~4x the product itself, so int4 decodes slower than float32
-here (GPT-2 base: 3.2 vs 17.5 tokens/s at batch 1); variants that took
+here (GPT-2 base: 4.9 vs 17.5 tokens/s at batch 1); variants that took
 the products on the bare values and dequantized after, or reused the
 buffers, measured no faster end to end (`benchmarks/NOTES.md`). torch has
 no int4 product for float32 inputs that is faster on a CPU:
@@ -28,8 +28,9 @@ from keras import ops
 
 from gpt2_lib.backends import torch_matmul
 
-# Weights dequantized at a time (16 MiB in float32): a GPT-2 base kernel in one.
-_BLOCK_ELEMENTS = 2**20  # 4 MB of float32: GPT-2 base batch-1 decoding peaks 33 MB lower than at 2**22, as fast
+# Weights dequantized at a time (4 MiB of float32). At 2**22 (a whole GPT-2 base
+# kernel) a batch-1 decode step peaked 33 MB higher and ran no faster.
+_BLOCK_ELEMENTS = 2**20
 
 
 class Int4(NamedTuple):
