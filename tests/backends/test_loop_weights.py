@@ -122,8 +122,8 @@ def generate_plain(lm, monkeypatch, inputs):
 
 @pytest.mark.parametrize(
     "dtype,quantize",
-    [("bfloat16", None), ("float32", "int8"), ("float32", "int4")],
-    ids=["bfloat16", "int8", "int4"],
+    [("bfloat16", None), ("float32", "int8"), ("float32", "int4"), ("bfloat16", "int4")],
+    ids=["bfloat16", "int8", "int4", "bfloat16_int4"],
 )
 def test_generate_equals_the_unfenced_model(dtype, quantize, monkeypatch):
     lm = causal_lm(dtype, quantize)
