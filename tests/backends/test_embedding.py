@@ -92,3 +92,27 @@ def test_dequantize_int4_broadcast_equals_keras_gather(axis):
             dequantize_with_sz_map(values, scale, keras.ops.cast(zero, "float32"), g_idx, axis)
         ),
     )
+
+
+def test_the_backbone_embeds_int4_ids_row_by_row(monkeypatch):
+    """`GPT2Backbone.embed` (every cached and torch forward pass) takes this
+    lookup: equal to the functional graph's embeddings, table never unpacked."""
+    from tests.preset_io.helpers import tiny_backbone
+
+    backbone = tiny_backbone()
+    backbone.quantize("int4")
+    ids = np.array([[1, 2, 49]], "int32")
+    mask = np.ones_like(ids)
+    unpacked_rows = []
+    unpack = keras.quantizers.unpack_int4
+
+    def spy(packed, *args, **kwargs):
+        unpacked_rows.append(packed.shape[0])
+        return unpack(packed, *args, **kwargs)
+
+    monkeypatch.setattr(keras.quantizers, "unpack_int4", spy)
+    hidden, _ = backbone.embed(ids, mask)
+    assert unpacked_rows == [ids.size]
+    table = backbone.token_embedding
+    expected = table(ids) + backbone.position_embedding(mask, np.arange(3)[None])
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(hidden), keras.ops.convert_to_numpy(expected))
