@@ -12,7 +12,8 @@ gives the same values. Every other layer is called as is.
 import keras
 from keras import ops
 
-from gpt2_lib.utils.quantization import dequantize_int4
+from gpt2_lib.utils.quantization import dequantize_int4_rows
+from gpt2_lib.utils.quantization import grouped_int4
 
 
 def supports_int4_lookup(layer):
@@ -49,14 +50,7 @@ def embedding_lookup(layer, token_ids):
     shape = tuple(ops.shape(ids))
     ids = ops.reshape(ids, (-1,))
     packed = ops.take(layer._embeddings, ids, axis=0)  # (n, ceil(hidden / 2))
-    values = ops.cast(
-        keras.quantizers.unpack_int4(packed, layer.output_dim, axis=-1), layer.compute_dtype
-    )  # (n, hidden)
-    scale = ops.take(layer.embeddings_scale, ids, axis=0)
-    block_size = getattr(layer, "_int4_block_size", None)
-    if block_size in (None, -1):  # one scale per row
-        rows = ops.divide(values, ops.expand_dims(scale, -1))
-    else:  # (n, groups) scales and zero points
-        zero = ops.take(layer.embeddings_zero, ids, axis=0)
-        rows = dequantize_int4(values, scale, zero, block_size, layer.g_idx, axis=-1)
+    scale = ops.take(layer.embeddings_scale, ids, axis=0)  # (n,) or (n, groups)
+    zero = ops.take(layer.embeddings_zero, ids, axis=0) if grouped_int4(layer) else None
+    rows = dequantize_int4_rows(layer, packed, scale, zero, layer.compute_dtype)
     return ops.reshape(rows, shape + (layer.output_dim,))

@@ -10,7 +10,7 @@ pieces gpt2_lib needs around that:
 - `check_mode`: the modes Keras can quantize a GPT-2 to, with clear errors;
 - `quantized_policy_map`: the `DTypePolicyMap` KerasHub writes for a model;
 - `rebase_policy`: a saved map on a new float dtype (`from_preset(dtype=)`);
-- `dequantize_int4`: Keras' grouped int4 dequantization without its gather
+- `dequantize_int4`, `dequantize_int4_rows`: Keras' int4 dequantization without its gather
   (for export and the backends' int4 paths);
 - `dequantized_weights`: a quantized layer's float weights, computed exactly
   as the layer's own call does (for exporting to float formats);
@@ -331,8 +331,32 @@ def dequantize_int4(values, scale, zero, block_size, g_idx, axis):
     return ops.reshape(ops.multiply(ops.subtract(grouped, zero), scale), (-1, columns))
 
 
-def _grouped(layer):
+def grouped_int4(layer):
+    """True for an int4 layer in groups (a scale and zero point per group), not per channel."""
     return getattr(layer, "_int4_block_size", None) not in (None, -1)
+
+
+def dequantize_int4_rows(layer, packed, scale, zero, dtype):
+    """Rows of an int4 `Embedding` table, from their packed values and their own scales.
+
+    Keras' dequantization of a table: per row `value / scale`, or in groups
+    along the row `dequantize_int4`. Used on the whole table (export) and
+    on the rows a lookup takes.
+
+    Args:
+        layer: the int4 `Embedding` the rows come from.
+        packed: `(rows, ceil(hidden / 2))` packed values.
+        scale: the rows' `embeddings_scale`, `(rows,)` or `(rows, groups)`.
+        zero: the rows' `embeddings_zero` (grouped tables only, else None).
+        dtype: the dtype the values are dequantized in.
+
+    Returns:
+        `(rows, hidden)`.
+    """
+    values = ops.cast(keras.quantizers.unpack_int4(packed, layer._orig_output_dim, axis=-1), dtype)
+    if not grouped_int4(layer):
+        return ops.divide(values, ops.expand_dims(scale, -1))
+    return dequantize_int4(values, scale, zero, layer._int4_block_size, layer.g_idx, axis=-1)
 
 
 def _dense_kernel(layer):
@@ -340,7 +364,7 @@ def _dense_kernel(layer):
     if mode == "int8":
         return _float32(layer._kernel) / _float32(layer.kernel_scale)
     unpacked = keras.quantizers.unpack_int4(layer._kernel, layer._orig_output_dim, axis=-1)
-    if not _grouped(layer):
+    if not grouped_int4(layer):
         return _float32(unpacked) / _float32(layer.kernel_scale)
     return dequantize_int4(
         _float32(unpacked), _float32(layer.kernel_scale), layer.kernel_zero,
@@ -356,7 +380,7 @@ def _einsum_dense_kernel(layer):
     unpacked = keras.quantizers.unpack_int4(
         layer._kernel, layer._int4_unpacked_column_size, axis=-1
     )
-    if not _grouped(layer):
+    if not grouped_int4(layer):
         kernel = _float32(unpacked) / _float32(layer.kernel_scale)
     else:
         kernel = dequantize_int4(
@@ -370,12 +394,9 @@ def _embeddings(layer):
     mode = layer.quantization_mode
     if mode == "int8":
         return _float32(layer._embeddings) / _float32(layer.embeddings_scale)[:, None]
-    unpacked = keras.quantizers.unpack_int4(layer._embeddings, layer._orig_output_dim, axis=-1)
-    if not _grouped(layer):
-        return _float32(unpacked) / _float32(layer.embeddings_scale)[:, None]
-    return dequantize_int4(
-        _float32(unpacked), _float32(layer.embeddings_scale), layer.embeddings_zero,
-        layer._int4_block_size, layer.g_idx, axis=-1,
+    zero = layer.embeddings_zero if grouped_int4(layer) else None
+    return dequantize_int4_rows(
+        layer, layer._embeddings, _float32(layer.embeddings_scale), zero, "float32"
     )
 
 
