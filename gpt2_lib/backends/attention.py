@@ -152,3 +152,58 @@ def _xla_attention(query, key, value, mask, scale, is_causal):
             _attend(query[:, start:end], key[:, :end], value[:, :end], block_mask, scale)
         )
     return ops.concatenate(outputs, axis=1)
+
+
+# === Attention over a key/value cache ===
+
+# Cache slots per window of `windowed_attention` on XLA: at most 8 branches
+# for GPT-2's 1024 positions (benchmarks/NOTES.md; other sizes not measured).
+CACHE_WINDOW = 128
+
+
+def windowed_attention(attend, query, cache, mask, key_end):
+    """`attend` over the part of a cache that holds keys `[0, key_end)`.
+
+    A cached step's queries may only see keys before `key_end` (the causal
+    mask removes the rest), yet the cache has `max_length` slots: attending
+    over all of them reads and multiplies every slot on every step. This
+    calls `attend(query, cache, mask, end)` with a static `end >= key_end`
+    and the caller slices the cache and the mask to `end`. On torch `end` is
+    `key_end` itself; on XLA (static shapes) it is `key_end` rounded up to a
+    multiple of `CACHE_WINDOW` (or `max_length`), one `ops.switch` branch per
+    window, so the cost of a step grows with its position, not with
+    `max_length`. The result is the same: the keys left out carry zero
+    probability.
+
+    Args:
+        attend: `fn(query, cache, mask, end)` -> attention output.
+        query: `(batch, q, heads, head_dim)` queries.
+        cache: the cache (any structure of tensors `attend` reads).
+        mask: boolean `(batch, 1, q, max_length)` attention mask.
+        key_end: int or scalar tensor, one past the last key any query sees.
+
+    Returns:
+        What `attend` returns.
+
+    Example:
+    >>> q = np.random.rand(1, 1, 2, 4).astype("float32")
+    >>> kv = np.random.rand(1, 300, 2, 4).astype("float32")
+    >>> mask = np.arange(300)[None, None, None, :] < 10
+    >>> def attend(query, cache, mask, end):
+    ...     return dot_product_attention(query, cache[:, :end], cache[:, :end], mask[..., :end])
+    >>> out = windowed_attention(attend, q, kv, mask, key_end=10)
+    >>> full = dot_product_attention(q, kv, kv, mask)
+    >>> bool(np.allclose(out, full, atol=1e-6))
+    True
+    """
+    max_length = mask.shape[-1]
+    if max_length is None:  # unknown while tracing a TensorFlow graph
+        return attend(query, cache, mask, None)
+    if keras.config.backend() == "torch":
+        return attend(query, cache, mask, int(key_end))
+    ends = list(range(CACHE_WINDOW, max_length, CACHE_WINDOW)) + [max_length]
+    if len(ends) == 1:
+        return attend(query, cache, mask, max_length)
+    branches = [functools.partial(attend, end=end) for end in ends]
+    window = ops.clip((ops.cast(key_end, "int32") - 1) // CACHE_WINDOW, 0, len(ends) - 1)
+    return ops.switch(window, branches, query, cache, mask)

@@ -256,15 +256,16 @@ class TorchBlocks:
                 query, key, value, mask=attention_mask,
                 scale=1.0 / self.head_dim**0.5, is_causal=True,
             )
-        seq = query.shape[1]
-        cache[:, layer, 0, index : index + seq] = key
-        cache[:, layer, 1, index : index + seq] = value
-        # Few queries: plain matmuls beat the fused kernel's threading.
-        keys = cache[:, layer, 0].permute(0, 2, 3, 1)  # (batch, heads, head_dim, max_length)
+        end = index + query.shape[1]
+        cache[:, layer, 0, index:end] = key
+        cache[:, layer, 1, index:end] = value
+        # Few queries: plain matmuls beat the fused kernel's threading. Only
+        # the keys up to the last query: the rest are masked.
+        keys = cache[:, layer, 0, :end].permute(0, 2, 3, 1)  # (batch, heads, head_dim, end)
         scores = self.torch.matmul(query.transpose(1, 2), keys).float() / self.head_dim**0.5
-        scores = scores.masked_fill(~attention_mask, -1e9)  # (batch, heads, seq, max_length)
+        scores = scores.masked_fill(~attention_mask[..., :end], -1e9)  # (batch, heads, seq, end)
         probs = self.torch.softmax(scores, dim=-1).to(value.dtype)
-        attended = self.torch.matmul(probs, cache[:, layer, 1].transpose(1, 2))
+        attended = self.torch.matmul(probs, cache[:, layer, 1, :end].transpose(1, 2))
         return attended.transpose(1, 2)  # (batch, seq, heads, head_dim)
 
     def _block(self, x, weights, attention_mask, cache, index, layer):

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.backends.attention import dot_product_attention
+from gpt2_lib.backends.attention import windowed_attention
 from gpt2_lib.backends.dense import dense
 from gpt2_lib.layers.initializers import clone_initializer
 
@@ -19,8 +20,9 @@ class CachedMultiHeadAttention(keras.layers.Layer):
     output, the layout KerasHub presets use. Without a cache the attention is
     causal whatever the mask says (query `t` never sees key `s > t`; the mask
     removes padding on top); with a cache, the mask alone decides (see
-    `causal_attention_mask(query_start=...)`). In float32 the attention goes
-    through `gpt2_lib.backends.attention.dot_product_attention` (each
+    `causal_attention_mask(query_start=...)`) and only the cache up to the
+    last query's position is read (`windowed_attention`). In float32 the
+    attention goes through `gpt2_lib.backends.attention.dot_product_attention` (each
     backend's fastest form); in lower precision, or with attention dropout,
     the logits and softmax are computed in float32 and the probabilities cast
     back.
@@ -129,24 +131,39 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         query = dense(self.query_dense, hidden_states)  # (batch, q, heads, head_dim)
         key = dense(self.key_dense, hidden_states)
         value = dense(self.value_dense, hidden_states)
-        if cache is not None and cache_layer is None:
+        if cache is None:
+            attended = self._attend(query, key, value, attention_mask, training, is_causal=True)
+            return dense(self.output_dense, attended)  # (batch, q, hidden)
+        if cache_layer is None:
             # This block's (keys, values), each (batch, max_length, heads, head_dim).
             start = [0, cache_update_index, 0, 0]
             key = ops.slice_update(cache[0], start, ops.cast(key, cache[0].dtype))
             value = ops.slice_update(cache[1], start, ops.cast(value, cache[1].dtype))
             cache = (key, value)
-        elif cache is not None:
+
+            def keys_values(cache, end):
+                return cache[0][:, :end], cache[1][:, :end]
+
+        else:
             # The whole model's cache: one write into slot `cache_layer`.
             new = ops.cast(ops.stack([key, value], axis=1)[:, None], cache.dtype)  # (batch, 1, 2, q, ...)
             cache = ops.slice_update(cache, [0, cache_layer, 0, cache_update_index, 0, 0], new)
-            key, value = cache[:, cache_layer, 0], cache[:, cache_layer, 1]
-        attended = self._attend(
-            query, key, value, attention_mask, training, is_causal=cache is None
+
+            def keys_values(cache, end):
+                return cache[:, cache_layer, 0, :end], cache[:, cache_layer, 1, :end]
+
+        def attend(query, cache, attention_mask, end):
+            key, value = keys_values(cache, end)
+            return self._attend(
+                query, key, value, attention_mask[..., :end], training, is_causal=False
+            )
+
+        # Keys past the last query's position are masked: attend over a
+        # window of the cache that holds the keys up to it.
+        attended = windowed_attention(
+            attend, query, cache, attention_mask, key_end=cache_update_index + ops.shape(query)[1]
         )
-        output = dense(self.output_dense, attended)  # (batch, q, hidden)
-        if cache is None:
-            return output
-        return output, cache
+        return dense(self.output_dense, attended), cache
 
     def compute_output_spec(self, hidden_states, attention_mask, cache=None, **kwargs):
         output = keras.KerasTensor(hidden_states.shape, dtype=self.compute_dtype)

@@ -149,3 +149,78 @@ def test_whole_cache_updates_save_a_copy_of_the_cache(monkeypatch):
     cache = 2 * config["num_layers"] * batch * length * config["hidden_dim"] * 4
     per_slot, whole = temporaries(False), temporaries(True)
     assert per_slot - whole >= cache, (per_slot, whole, cache)
+
+
+# === windowed_attention: a cached step reads only the window it needs ===
+
+
+def _cached_step(max_length=10, key_end=5, seed=0):
+    """One query at `key_end - 1` over a cache whose slots past `key_end` hold
+    NaN (as unwritten memory might): keys past the window must never be read."""
+    query, key, value = qkv(2, 1, max_length, seed=seed)
+    cache = np.stack([key, value])  # (2, batch, max_length, heads, head_dim)
+    mask = np.zeros((2, 1, 1, max_length), bool)
+    mask[..., :key_end] = True
+    mask[1, ..., 0] = key_end == 1  # padding on row 1 (a query always sees itself)
+    expected = reference_attention(query, key[:, :key_end], value[:, :key_end], mask[..., :key_end], 0.3, False)
+    return query, cache, mask, expected
+
+
+def _attend(query, cache, mask, end):
+    return dot_product_attention(query, cache[0][:, :end], cache[1][:, :end], mask=mask[..., :end], scale=0.3)
+
+
+def _compiled(function):
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.jit(function)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(function, jit_compile=True)
+    return function
+
+
+@pytest.mark.parametrize("key_end", [1, 4, 5, 8, 9, 10])
+def test_windowed_attention_equals_attention_over_the_keys_it_needs(key_end, monkeypatch):
+    """Windows of 4 over 10 slots (ends 4, 8, 10): whatever the window, the
+    output is attention over keys [0, key_end), compiled with a tensor
+    `key_end`; slots past the window hold NaN and are never read."""
+    monkeypatch.setattr(attention_kernel, "CACHE_WINDOW", 4)
+    query, cache, mask, expected = _cached_step(key_end=key_end)
+    window_end = min(-(-key_end // 4) * 4, 10)
+    cache[:, :, window_end:] = np.nan
+    step = _compiled(
+        lambda query, cache, mask, key_end: attention_kernel.windowed_attention(
+            _attend, query, cache, mask, key_end
+        )
+    )
+    actual = step(query, cache, mask, keras.ops.convert_to_tensor(key_end, "int32"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(actual), expected, atol=2e-5)
+
+
+def test_windowed_attention_attends_over_windows_not_all_slots(monkeypatch):
+    """The `end`s `attend` is called with: on torch the exact key count; on
+    XLA one branch per window (multiples of CACHE_WINDOW, then max_length)."""
+    monkeypatch.setattr(attention_kernel, "CACHE_WINDOW", 4)
+    query, cache, mask, _ = _cached_step(key_end=5)
+    ends = []
+
+    def spy(query, cache, mask, end):
+        ends.append(end)
+        return _attend(query, cache, mask, end)
+
+    def step(query, cache, mask, key_end):
+        return attention_kernel.windowed_attention(spy, query, cache, mask, key_end)
+
+    _compiled(step)(query, cache, mask, keras.ops.convert_to_tensor(5))  # traces every branch
+    if keras.config.backend() == "torch":
+        assert ends == [5]
+    else:
+        assert sorted(set(ends)) == [4, 8, 10]
+    ends.clear()
+    monkeypatch.setattr(attention_kernel, "CACHE_WINDOW", 16)  # one window: no branches
+    _compiled(lambda *args: step(*args))(query, cache, mask, keras.ops.convert_to_tensor(5))  # traced anew
+    assert ends == ([5] if keras.config.backend() == "torch" else [10])

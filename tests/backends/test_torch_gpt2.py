@@ -159,6 +159,28 @@ def test_cached_steps_equal_keras_cached_steps(dtype, atol):
     np.testing.assert_allclose(fast_cache, keras_cache, atol=atol, rtol=0)
 
 
+def test_cached_steps_read_only_the_keys_written_so_far():
+    """The fast path's attention reads the cache up to the last query's
+    position: slots past it holding NaN change nothing (reading them would
+    spread NaN through the zero-probability products)."""
+    backbone = _backbone()
+    lm = GPT2CausalLM(backbone)
+    blocks = _generation_blocks(lm)
+    if blocks is None:
+        return
+    ids = np.random.default_rng(0).integers(0, 100, (2, 12)).astype("int32")
+    mask = np.ones((2, 12), bool)
+
+    def run(fill):
+        cache = keras.ops.full(keras.ops.shape(backbone.build_cache(2, 12)), fill)
+        logits, _, cache = lm.call_with_cache(ids[:, :6], mask, cache, 0, blocks=blocks)
+        step, _, _ = lm.call_with_cache(ids[:, 6:7], mask, cache, 6, blocks=blocks)
+        return [keras.ops.convert_to_numpy(x) for x in (logits, step)]
+
+    for with_nan, with_zeros in zip(run(float("nan")), run(0.0)):
+        np.testing.assert_array_equal(with_nan, with_zeros)
+
+
 def test_cached_step_writes_a_broadcast_cache():
     """Beam search repeats a one-row cache; the fast path must still write it."""
     backbone = _backbone()

@@ -25,8 +25,13 @@ import keras
 import numpy as np
 
 import gpt2_lib
+from gpt2_lib.backends import attention
 from gpt2_lib.models import GPT2Backbone
 from gpt2_lib.models import GPT2CausalLM
+
+# Cache windows of 4 over generate()'s 12 slots: the windows' `ops.switch`
+# runs under every layout too (`windowed_attention`).
+attention.CACHE_WINDOW = 4
 
 # heads=4: (2, 4) splits heads, (1, 8) falls back to head_dim (with a warning);
 # vocabulary 127 is odd, as GPT-2's 50257.

@@ -83,7 +83,12 @@ def test_bfloat16_path_is_causal_too():
     np.testing.assert_allclose(actual, expected, atol=0.15 * np.abs(expected).max())
 
 
-def test_cached_decoding_equals_full_forward():
+@pytest.mark.parametrize("window", [None, 2], ids=["one_window", "windows_of_2"])
+def test_cached_decoding_equals_full_forward(window, monkeypatch):
+    """Prefill then one token at a time; with windows of 2, each step attends
+    over the cache up to its window (`windowed_attention`)."""
+    if window is not None:
+        monkeypatch.setattr(attention_kernel, "CACHE_WINDOW", window)
     layer = make_layer()
     x = inputs(seq=7)
     padding = np.array([[1] * 7, [0, 0] + [1] * 5])

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from gpt2_lib import samplers
+from gpt2_lib.backends import attention as attention_kernel
 from gpt2_lib.models.causal_lm import CausalLM
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
 from gpt2_lib.models.gpt2.gpt2_causal_lm import GPT2CausalLM
@@ -174,6 +175,26 @@ def test_greedy_batch_matches_transformers_per_prompt_and_left_padding():
     assert lm.generate_function is function
     lm.compile(sampler="greedy")
     assert lm.generate_function is None
+
+
+def test_greedy_over_cache_windows_matches_transformers(monkeypatch):
+    """Cache windows of 4 over the 16 slots (`windowed_attention`: on XLA one
+    branch per window, on torch the exact keys): greedy still equals
+    Transformers per prompt, left padding included. On torch both the fast
+    path and the Keras layers."""
+    monkeypatch.setattr(attention_kernel, "CACHE_WINDOW", 4)
+    hf_model, lm = greedy_lm()
+    paths = [lm.generation_blocks]
+    if keras.config.backend() == "torch":
+        paths.append(lambda: None)  # the Keras layers
+    for blocks in paths:
+        monkeypatch.setattr(lm, "generation_blocks", blocks)
+        lm.generate_function = None
+        ids = lm.generate(mixed_batch(), stop_token_ids=None)["token_ids"]
+        assert ids[0].tolist() == hf_greedy(hf_model, P1, LENGTH - len(P1))
+        assert ids[1].tolist() == hf_greedy(hf_model, P2, LENGTH - len(P2))
+        new = LENGTH - LEFT_PAD - len(P1)
+        assert ids[2, LEFT_PAD:].tolist() == ids[0, : len(P1) + new].tolist()
 
 
 def test_stop_token_ends_generation_and_masks_the_rest():
