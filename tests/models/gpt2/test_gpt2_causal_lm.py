@@ -197,6 +197,24 @@ def test_greedy_over_cache_windows_matches_transformers(monkeypatch):
         assert ids[2, LEFT_PAD:].tolist() == ids[0, : len(P1) + new].tolist()
 
 
+@pytest.mark.parametrize("mode", ["bfloat16", "int8", "int4"])
+def test_cache_windows_compose_with_bfloat16_and_quantized_weights(mode, monkeypatch):
+    """Greedy tokens with cache windows of 4 equal those with one window, in
+    bfloat16 and with int8 / int4 weights."""
+    hf_model, _ = lively_pair()
+    lm = GPT2CausalLM(port(hf_model, dtype="bfloat16" if mode == "bfloat16" else "float32"))
+    if mode != "bfloat16":
+        lm.quantize(mode)
+    lm.compile(sampler="greedy")
+    outputs = []
+    for window in (4, 10**6):
+        monkeypatch.setattr(attention_kernel, "CACHE_WINDOW", window)
+        lm.generate_function = None
+        outputs.append(lm.generate(mixed_batch(), stop_token_ids=None)["token_ids"])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+    assert len(set(outputs[0][0, len(P1) :].tolist())) > 3
+
+
 def test_stop_token_ends_generation_and_masks_the_rest():
     hf_model, lm = greedy_lm()
     reference = hf_greedy(hf_model, P1, LENGTH - len(P1))
