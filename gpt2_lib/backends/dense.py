@@ -66,6 +66,7 @@ from keras import ops
 
 from gpt2_lib.backends import torch_matmul
 from gpt2_lib.utils.quantization import dequantize_int4
+from gpt2_lib.utils.quantization import grouped_int4
 
 HALF_PRECISION = ("bfloat16", "float16")
 
@@ -290,15 +291,14 @@ def dense(layer, inputs):
 
 def supports_int4(layer):
     """True on JAX/TensorFlow for an int4 `Dense`/`EinsumDense` in even groups, weight-only, without LoRA."""
-    block = getattr(layer, "_int4_block_size", None)
     return (
         keras.config.backend() in ("jax", "tensorflow")
         and getattr(layer, "quantization_mode", None) == "int4"
         and layer.bias is not None
         and not getattr(layer, "lora_enabled", False)
         and getattr(layer, "inputs_quantizer", None) is None
-        and block not in (None, -1)
-        and layer._kernel.shape[0] % block == 0
+        and grouped_int4(layer)
+        and layer._kernel.shape[0] % layer._int4_block_size == 0
     )
 
 
@@ -324,14 +324,13 @@ def _int4_table(layer):
 
 def supports_int4_table(layer):
     """True on JAX/TensorFlow for a tied int4 table in even groups, weight-only, without LoRA."""
-    block = getattr(layer, "_int4_block_size", None)
     return (
         keras.config.backend() in ("jax", "tensorflow")
         and getattr(layer, "quantization_mode", None) == "int4"
         and not getattr(layer, "lora_enabled", False)
         and getattr(layer, "inputs_quantizer", None) is None
-        and block not in (None, -1)
-        and layer.output_dim % block == 0
+        and grouped_int4(layer)
+        and layer.output_dim % layer._int4_block_size == 0
     )
 
 

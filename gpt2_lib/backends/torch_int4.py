@@ -27,6 +27,7 @@ from typing import NamedTuple
 from keras import ops
 
 from gpt2_lib.backends import torch_matmul
+from gpt2_lib.utils.quantization import grouped_int4
 
 # Weights dequantized at a time (4 MiB of float32). At 2**22 (a whole GPT-2 base
 # kernel) a batch-1 decode step peaked 33 MB higher and ran no faster.
@@ -65,9 +66,9 @@ def from_layer(layer, transposed=False):
     name = "embeddings" if transposed else "kernel"
     packed, scale = value(getattr(layer, f"_{name}")), value(getattr(layer, f"{name}_scale"))
     columns = getattr(layer, "_int4_unpacked_column_size", None) or layer._orig_output_dim
-    block = getattr(layer, "_int4_block_size", None)
-    if block in (None, -1):  # per channel: a scale per output unit
+    if not grouped_int4(layer):  # per channel: a scale per output unit
         return Int4(packed, columns, scale.reshape(-1), None, None, transposed)
+    block = layer._int4_block_size
     zero = value(getattr(layer, f"{name}_zero")).to(scale.dtype)
     groups = value(layer.g_idx).long()
     inputs = columns if transposed else packed.shape[0]

@@ -35,6 +35,7 @@ import gc
 import warnings
 
 import keras
+import numpy as np
 from keras import ops
 
 # Modes `quantize()` accepts, and those Keras has that need calibration data.
@@ -316,8 +317,10 @@ def dequantize_int4(values, scale, zero, block_size, g_idx, axis):
     """
     scale = ops.convert_to_tensor(scale)
     zero = ops.cast(zero, scale.dtype)
-    rows, columns = values.shape
-    size = rows if axis == 0 else columns
+    # Static lengths from the group map and the scales: `values` may have
+    # unknown dimensions (rows looked up in a traced TensorFlow function).
+    size = np.shape(g_idx)[0]  # the grouped axis
+    columns = size if axis == -1 else scale.shape[-1]
     if size % block_size:
         from keras.src.quantizers.quantizers import dequantize_with_sz_map
 

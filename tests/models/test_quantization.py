@@ -386,6 +386,118 @@ def test_dequantized_weights_reproduce_each_layer(mode, config):
         np.testing.assert_allclose(actual, expected, atol=1e-5, err_msg=entry.path)
 
 
+# === int4 forward passes outside generation ===
+
+
+def _int4_tiny(dtype="float32", **kwargs):
+    backbone = tiny_backbone(dtype=dtype, **kwargs)
+    # Groups of 8 divide every axis: the gather-free paths apply.
+    backbone.quantize("int4", config=keras.quantizers.Int4QuantizationConfig(block_size=8))
+    return backbone
+
+
+def _keras_int4_layers(monkeypatch):
+    """The reference: the functional graph with Keras' own int4 layers."""
+    from gpt2_lib.backends import torch_gpt2
+    from gpt2_lib.models.gpt2 import gpt2_backbone
+    from gpt2_lib.models.gpt2 import gpt2_causal_lm
+
+    monkeypatch.setattr(gpt2_backbone, "supports_int4_lookup", lambda layer: False)
+    monkeypatch.setattr(gpt2_causal_lm, "supports_int4_lookup", lambda layer: False)
+    monkeypatch.setattr(torch_gpt2, "supports", lambda *args: False)
+
+
+def _unpacked_shapes(monkeypatch):
+    """Packed shapes of every `unpack_int4` call, in order."""
+    shapes = []
+    unpack = keras.quantizers.unpack_int4
+
+    def spy(packed, *args, **kwargs):
+        shapes.append(tuple(packed.shape))
+        return unpack(packed, *args, **kwargs)
+
+    # Ours call `keras.quantizers.unpack_int4`, Keras' layers their module's.
+    monkeypatch.setattr(keras.quantizers, "unpack_int4", spy)
+    monkeypatch.setattr(keras.src.quantizers, "unpack_int4", spy)
+    return shapes
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_int4_forward_passes_unpack_the_rows_they_look_up(dtype, monkeypatch):
+    """`backbone(...)`, `GPT2CausalLM(...)` and `score` (predict, fit,
+    perplexity) look int4 ids up row by row and take the tied head without
+    Keras' gather; equal to Keras' own int4 layers in the functional graph."""
+    backbone = _int4_tiny(dtype)
+    lm = GPT2CausalLM(backbone)
+
+    def run():
+        identity = lambda hidden_states, i: hidden_states  # noqa: E731
+        return [
+            keras.ops.convert_to_numpy(keras.ops.cast(x, "float32"))
+            for x in (
+                backbone(INPUTS),
+                lm(INPUTS),
+                lm.score(INPUTS["token_ids"], INPUTS["padding_mask"], layer_intercept_fn=identity),
+            )
+        ]
+
+    table = tuple(backbone.token_embedding._embeddings.shape)
+    looked_up = (INPUTS["token_ids"].size, table[1])
+    with monkeypatch.context() as patch:
+        shapes = _unpacked_shapes(patch)
+        ours = run()
+        # Each lookup unpacks only its rows; each head the whole table
+        # (every row is a logit; Keras' own on torch, transposed), once.
+        assert shapes.count(looked_up) == 3
+        assert shapes.count(table) + shapes.count(table[::-1]) == 2
+    with monkeypatch.context() as patch:
+        _keras_int4_layers(patch)
+        shapes = _unpacked_shapes(patch)
+        theirs = run()
+        assert shapes.count(table) == 2  # the reference: the whole table per graph lookup
+    tolerance = 1e-5 if dtype == "float32" else 2e-2
+    for a, b in zip(ours, theirs):
+        scale = np.abs(b[MASK]).max()
+        np.testing.assert_allclose(a[MASK], b[MASK], atol=tolerance * scale, rtol=0)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_int4_qlora_fit_equals_keras_int4_layers(dropout, monkeypatch):
+    """LoRA fine-tuning on an int4 base: the same losses and updates as with
+    Keras' own int4 layers in the functional graph."""
+    if dropout and keras.config.backend() == "torch":
+        # torch draws unseeded dropout masks from its global generator in
+        # memory order, and the looked-up rows are laid out differently: the
+        # masks differ, not their distribution. Dropout still applies:
+        backbone = _int4_tiny(dropout=dropout)
+        training, inference = (
+            keras.ops.convert_to_numpy(backbone(INPUTS, training=t)) for t in (True, False)
+        )
+        assert not np.allclose(training, inference)
+        np.testing.assert_array_equal(inference, outputs(backbone))
+        return
+    results = []
+    for reference in (False, True):
+        with monkeypatch.context() as patch:
+            if reference:
+                _keras_int4_layers(patch)
+            backbone = _int4_tiny(dropout=dropout)
+            backbone.enable_lora(2)
+            for v in backbone.trainable_weights:  # B starts at zero: A would get no gradient
+                if v.path.endswith("lora_kernel_b"):
+                    v.assign(np.full(v.shape, 0.1, "float32"))
+            lm = GPT2CausalLM(backbone)
+            lm.compile(optimizer=keras.optimizers.SGD(0.5))
+            keras.utils.set_random_seed(1)  # the same dropout masks
+            data = {"token_ids": np.random.default_rng(0).integers(0, 50, (4, 9))}
+            history = lm.fit(data, batch_size=4, epochs=2, verbose=0).history["loss"]
+            results.append((history, [keras.ops.convert_to_numpy(v) for v in lm.trainable_weights]))
+    (ours_loss, ours), (their_loss, theirs) = results
+    np.testing.assert_allclose(ours_loss, their_loss, rtol=1e-5)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 # === .keras files ===
 
 

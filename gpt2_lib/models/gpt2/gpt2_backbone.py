@@ -7,6 +7,7 @@ from keras import ops
 from gpt2_lib.backends import torch_gpt2
 from gpt2_lib.backends.attention import updates_whole_cache
 from gpt2_lib.backends.embedding import embedding_lookup
+from gpt2_lib.backends.embedding import supports_int4_lookup
 from gpt2_lib.backends.loop_weights import per_layer_weights
 from gpt2_lib.layers.attention_mask import CausalAttentionMask
 from gpt2_lib.layers.attention_mask import causal_attention_mask
@@ -256,6 +257,12 @@ class GPT2Backbone(Backbone):
                 inputs["token_ids"], inputs["padding_mask"], inputs["position_ids"]
             )
             return torch_gpt2.TorchBlocks(self)(hidden_states, attention_mask)
+        if supports_int4_lookup(self.token_embedding):
+            # The graph's own layers, but the int4 lookup row by row: Keras'
+            # unpacks the whole table per call (`backends.embedding`).
+            return self._layer_by_layer(
+                inputs["token_ids"], inputs["padding_mask"], inputs["position_ids"], training
+            )
         return super().call(inputs, training=training, mask=mask, **kwargs)
 
     # === Weight table ===
@@ -437,10 +444,18 @@ class GPT2Backbone(Backbone):
         Returns:
             `(batch, seq, hidden)` after the final LayerNorm.
         """
-        hidden_states, attention_mask = self.embed(token_ids, padding_mask)
-        hidden_states = layer_intercept_fn(hidden_states, -1)
+        return self._layer_by_layer(token_ids, padding_mask, layer_intercept_fn=layer_intercept_fn)
+
+    def _layer_by_layer(
+        self, token_ids, padding_mask, position_ids=None, training=None, layer_intercept_fn=None
+    ):
+        """The functional graph's computation, one layer call after another."""
+        intercept = layer_intercept_fn or (lambda hidden_states, i: hidden_states)
+        hidden_states, attention_mask = self.embed(token_ids, padding_mask, position_ids)
+        dropout = self.get_layer("embeddings_dropout")
+        hidden_states = intercept(dropout(hidden_states, training=training), -1)
         for i, block in enumerate(self.transformer_layers):
-            hidden_states = layer_intercept_fn(block(hidden_states, attention_mask), i)
+            hidden_states = intercept(block(hidden_states, attention_mask, training=training), i)
         return self.layer_norm(hidden_states)
 
     # === Distribution ===

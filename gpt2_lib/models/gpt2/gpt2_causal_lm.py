@@ -6,6 +6,7 @@ from keras import ops
 from gpt2_lib.backends import torch_gpt2
 from gpt2_lib.backends.attention import updates_whole_cache
 from gpt2_lib.backends.dense import reverse_embedding
+from gpt2_lib.backends.embedding import supports_int4_lookup
 from gpt2_lib.backends.loop_weights import tied_logits
 from gpt2_lib.models.causal_lm import CausalLM
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
@@ -91,12 +92,18 @@ class GPT2CausalLM(CausalLM):
     def call(self, inputs, training=None, **kwargs):
         # `training` named, so that Keras passes it (`fit()` with dropout).
         inputs = self._with_position_ids(inputs)
-        if keras.config.backend() == "torch":
-            # The graph's layers, the tied head through `reverse_embedding`:
-            # its float32 product on oneDNN (`torch_matmul`), not MKL.
+        if self._head_outside_the_graph():
             hidden_states = self.backbone(inputs, training=training)
             return reverse_embedding(self.backbone.token_embedding, hidden_states)
         return super().call(inputs, training=training, **kwargs)
+
+    def _head_outside_the_graph(self):
+        """The tied head through `reverse_embedding`: on torch its float32
+        product on oneDNN (`torch_matmul`), not MKL; for an int4 table
+        (JAX/TensorFlow) dequantized without Keras' per-column gather, which
+        XLA:CPU fuses into the product (cost: rows x vocabulary x hidden)."""
+        table = self.backbone.token_embedding
+        return keras.config.backend() == "torch" or supports_int4_lookup(table)
 
     # === Cached forward pass ===
 
@@ -287,7 +294,10 @@ class GPT2CausalLM(CausalLM):
             hidden_states = self.backbone.call_with_intercept(
                 token_ids, padding_mask, layer_intercept_fn
             )
-            logits = self.backbone.token_embedding(hidden_states, reverse=True)
+            if self._head_outside_the_graph():
+                logits = reverse_embedding(self.backbone.token_embedding, hidden_states)
+            else:
+                logits = self.backbone.token_embedding(hidden_states, reverse=True)
         if scoring_mode == "logits":
             return logits
         weights = None
