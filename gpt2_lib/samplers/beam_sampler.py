@@ -51,6 +51,7 @@ class BeamSampler(Sampler):
         stop_token_ids=None,
         hidden_states=None,
         model=None,
+        end=None,
     ):
         batch_size, max_length = ops.shape(prompt)[0], ops.shape(prompt)[1]
         beams = self.num_beams
@@ -74,7 +75,7 @@ class BeamSampler(Sampler):
         log_probs = merge(ops.broadcast_to(log_probs, (batch_size, beams)))
 
         def cond(prompt, cache, index, log_probs):
-            return self._not_done(prompt, mask, stop_token_ids, index)
+            return self._not_done(prompt, mask, stop_token_ids, index, end)
 
         def body(prompt, cache, index, log_probs):
             logits, _, cache = next(prompt, cache, index)

@@ -58,6 +58,10 @@ class Sampler:
             search in KerasHub); accepted for compatibility.
         model: the model whose variables `next` reads (used on JAX to thread
             variables through the compiled loop).
+        end: optional int or scalar tensor, the position to stop at when it
+            comes before `max_length` (`generate()` pads prompts to a few
+            lengths so that one compiled program serves every `max_length`
+            up to it).
 
     Example:
     ```python
@@ -107,6 +111,7 @@ class Sampler:
         stop_token_ids=None,
         hidden_states=None,
         model=None,
+        end=None,
     ):
         max_length = ops.shape(prompt)[-1]
         index = ops.cast(index, "int32")
@@ -114,7 +119,7 @@ class Sampler:
         cache = () if cache is None else cache
 
         def cond(prompt, cache, index):
-            return self._not_done(prompt, mask, stop_token_ids, index)
+            return self._not_done(prompt, mask, stop_token_ids, index, end)
 
         def body(prompt, cache, index):
             logits, _, cache = next(prompt, cache, index)
@@ -132,19 +137,21 @@ class Sampler:
         return prompt
 
     @staticmethod
-    def _not_done(prompt, mask, stop_token_ids, index):
-        """A bool scalar: False once every row has a new stop token.
+    def _not_done(prompt, mask, stop_token_ids, index, end=None):
+        """A bool scalar: False once every row has a new stop token, or at `end`.
 
         Only positions already generated (before `index`, outside `mask`)
         count: the slots still to fill hold padding, which for GPT-2 is the
-        stop token itself.
+        stop token itself. `end` (a scalar, optional) is where generation
+        stops when it comes before the prompt's own length.
         """
+        before_end = ops.convert_to_tensor(True, dtype="bool") if end is None else index < end
         if stop_token_ids is None:
-            return ops.convert_to_tensor(True, dtype="bool")
+            return before_end
         generated = ops.arange(ops.shape(prompt)[-1], dtype="int32")[None, :] < index
         new_tokens = ops.logical_and(ops.logical_not(mask), generated)
         stopped = ops.any(any_equal(prompt, stop_token_ids, new_tokens), axis=-1)
-        return ops.logical_not(ops.all(stopped))
+        return ops.logical_and(before_end, ops.logical_not(ops.all(stopped)))
 
     @staticmethod
     def _write(prompt, mask, index, next_token):

@@ -174,7 +174,9 @@ class GPT2CausalLM(CausalLM):
 
         Args:
             inputs: dict of `"token_ids"` and `"padding_mask"`,
-                `(batch, max_length)`.
+                `(batch, max_length)`, and optionally `"end"`, a scalar
+                position before `max_length` where generation stops (the
+                slots from it on are left as they are).
             stop_token_ids: None or a tuple of ids; generation stops once
                 every row has produced one.
 
@@ -211,6 +213,8 @@ class GPT2CausalLM(CausalLM):
             )
             return logits[:, 0, :], hidden_states[:, 0, :], cache
 
+        # `end` only when given: a user's sampler may not take it.
+        end = {} if inputs.get("end") is None else {"end": ops.cast(inputs["end"], "int32")}
         token_ids = self.sampler(
             next=next,
             prompt=token_ids,
@@ -219,6 +223,7 @@ class GPT2CausalLM(CausalLM):
             mask=ops.logical_not(new_slots),
             stop_token_ids=stop_token_ids,
             model=self,
+            **end,
         )
         padding_mask = real
         if stop_token_ids is not None:

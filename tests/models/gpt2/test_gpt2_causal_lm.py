@@ -197,6 +197,47 @@ def test_greedy_over_cache_windows_matches_transformers(monkeypatch):
         assert ids[2, LEFT_PAD:].tolist() == ids[0, : len(P1) + new].tolist()
 
 
+def test_max_lengths_within_a_window_share_one_compiled_generation(monkeypatch):
+    """JAX/TensorFlow compile generation per input shape: `generate()` pads
+    the inputs to a multiple of the cache window and stops at the length
+    asked for, so `max_length` 10, 13 and 16 (windows of 8) trace once.
+    Greedy equals Transformers per prompt; beam search equals an unpadded
+    call; torch and eager runs are not padded."""
+    monkeypatch.setattr(attention_kernel, "CACHE_WINDOW", 8)
+    hf_model, lm = greedy_lm()
+    traces = []
+    step = lm.generate_step
+    monkeypatch.setattr(lm, "generate_step", lambda *args, **kwargs: traces.append(1) or step(*args, **kwargs))
+    compiled = keras.config.backend() != "torch"
+    lengths = (10, 13, 16)
+    for length in lengths:
+        batch = {key: value[:, :length] for key, value in mixed_batch().items()}
+        out = lm.generate(batch, stop_token_ids=None)
+        assert out["token_ids"].shape == out["padding_mask"].shape == (3, length)
+        assert out["token_ids"][0].tolist() == hf_greedy(hf_model, P1, length - len(P1))
+        assert out["token_ids"][1].tolist() == hf_greedy(hf_model, P2, length - len(P2))
+        assert out["padding_mask"][:2].all() and not out["padding_mask"][2, :LEFT_PAD].any()
+        padded = lm._padded_to_bucket(batch)
+        assert (padded is batch) == (not compiled)
+        # The loop stops at `end`: the padded slots are left as they were.
+        raw = lm.make_generate_function()(padded, stop_token_ids=None)["token_ids"]
+        raw = keras.ops.convert_to_numpy(raw)
+        assert raw.shape == (3, 16 if compiled else length)
+        assert (raw[:, length:] == 0).all()
+    # torch runs `generate_step` per call (two per length here).
+    assert len(traces) == (1 if compiled else 2 * len(lengths))
+
+    # Beam search stops at the same place; a stop token still ends early.
+    lm.compile(sampler=samplers.BeamSampler(num_beams=2))
+    batch = {key: value[:, :10] for key, value in mixed_batch().items()}
+    bucketed = lm.generate(batch, stop_token_ids=[int(hf_greedy(hf_model, P1, 3)[-1])])
+    monkeypatch.setattr(lm, "_padded_to_bucket", lambda batch: batch)
+    lm.generate_function = None
+    unpadded = lm.generate(batch, stop_token_ids=[int(hf_greedy(hf_model, P1, 3)[-1])])
+    for key in ("token_ids", "padding_mask"):
+        np.testing.assert_array_equal(bucketed[key], unpadded[key])
+
+
 @pytest.mark.parametrize("mode", ["bfloat16", "int8", "int4"])
 def test_cache_windows_compose_with_bfloat16_and_quantized_weights(mode, monkeypatch):
     """Greedy tokens with cache windows of 4 equal those with one window, in
