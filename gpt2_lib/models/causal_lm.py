@@ -67,10 +67,10 @@ class CausalLM(Task):
     `tf.function(jit_compile=True, autograph=False)`; eager under
     `torch.no_grad()` on torch), with lengths padded up to a multiple of
     128 (the cache window), so that every `max_length` from 897 to 1024
-    shares one program, and reused across calls: `generate_function` stays the same object until
-    `compile()` is called again or the weights change structure (quantized,
-    LoRA adapters added or merged, a weight replaced or of another dtype),
-    through the task or its backbone.
+    shares one program, and reused across calls: `generate_function` stays
+    the same object until `compile()` is called again or the weights change
+    structure (quantized, LoRA adapters added or merged, a weight replaced
+    or of another dtype), through the task or its backbone.
 
     Example:
     ```python
