@@ -66,7 +66,7 @@ class CausalLM(Task):
     Generation is compiled once per input shape and backend (`jax.jit`,
     `tf.function(jit_compile=True, autograph=False)`; eager under
     `torch.no_grad()` on torch), with lengths padded up to a multiple of
-    128 (the cache window), so that every `max_length` from 897 to 1024
+    128 positions, so that every `max_length` from 897 to 1024
     shares one program, and reused across calls: `generate_function` stays
     the same object until `compile()` is called again or the weights change
     structure (quantized, LoRA adapters added or merged, a weight replaced
@@ -302,7 +302,7 @@ class CausalLM(Task):
 
     def _padded_to_bucket(self, batch):
         """Compiled generation (JAX, TensorFlow): `batch` padded to a multiple
-        of the cache window (`generation_inputs.padded_to_bucket`); torch and
+        of 128 positions (`generation_inputs.padded_to_bucket`); torch and
         eager runs take it as it is."""
         if keras.config.backend() not in ("jax", "tensorflow") or self.run_eagerly:
             return batch

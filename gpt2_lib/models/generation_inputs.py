@@ -2,7 +2,6 @@
 
 import numpy as np
 
-from gpt2_lib.backends import attention
 from gpt2_lib.utils.text_inputs import to_numpy
 from gpt2_lib.utils.validation import check_ids
 
@@ -101,8 +100,14 @@ def token_inputs(inputs, max_length, vocabulary_size, limit):
     return {"token_ids": token_ids.astype("int32"), "padding_mask": padding_mask}, is_scalar
 
 
+# Compiled generation pads lengths to a multiple of this. Smaller than
+# `attention.CACHE_WINDOW`: a short generation keeps a short cache (its
+# bytes, and the slots a step attends over while there is one window).
+LENGTH_BUCKET = 128
+
+
 def padded_to_bucket(batch, limit):
-    """`batch` padded on the right to a multiple of the cache window, with its `"end"`.
+    """`batch` padded on the right to a multiple of `LENGTH_BUCKET`, with its `"end"`.
 
     A compiled generation (JAX, TensorFlow) is a program per input
     shape: padded, every `max_length` in a bucket shares one (GPT-2
@@ -125,9 +130,9 @@ def padded_to_bucket(batch, limit):
     ((1, 256), 130)
     """
     length = batch["token_ids"].shape[1]
-    window = attention.CACHE_WINDOW  # read per call: tests shrink it
+    step = LENGTH_BUCKET  # read per call: tests shrink it
     limit = max(limit, length)
-    bucket = min(-(-length // window) * window, limit)
+    bucket = min(-(-length // step) * step, limit)
     extra = [[0, 0], [0, bucket - length]]
     return {
         "token_ids": np.pad(to_numpy(batch["token_ids"]), extra),

@@ -28,10 +28,12 @@ import gpt2_lib
 from gpt2_lib.backends import attention
 from gpt2_lib.models import GPT2Backbone
 from gpt2_lib.models import GPT2CausalLM
+from gpt2_lib.models import generation_inputs
 
-# Cache windows of 4 over generate()'s 12 slots: the windows' `ops.switch`
-# runs under every layout too (`windowed_attention`).
+# Cache windows of 4 over generate()'s 12 slots (buckets of 4: not padded):
+# the windows' `ops.switch` runs under every layout too (`windowed_attention`).
 attention.CACHE_WINDOW = 4
+generation_inputs.LENGTH_BUCKET = 4
 
 # heads=4: (2, 4) splits heads, (1, 8) falls back to head_dim (with a warning);
 # vocabulary 127 is odd, as GPT-2's 50257.

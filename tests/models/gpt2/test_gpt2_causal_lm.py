@@ -10,6 +10,7 @@ import pytest
 
 from gpt2_lib import samplers
 from gpt2_lib.backends import attention as attention_kernel
+from gpt2_lib.models import generation_inputs
 from gpt2_lib.models.causal_lm import CausalLM
 from gpt2_lib.models.gpt2.gpt2_backbone import GPT2Backbone
 from gpt2_lib.models.gpt2.gpt2_causal_lm import GPT2CausalLM
@@ -199,11 +200,12 @@ def test_greedy_over_cache_windows_matches_transformers(monkeypatch):
 
 def test_max_lengths_within_a_window_share_one_compiled_generation(monkeypatch):
     """JAX/TensorFlow compile generation per input shape: `generate()` pads
-    the inputs to a multiple of the cache window and stops at the length
-    asked for, so `max_length` 10, 13 and 16 (windows of 8) trace once.
-    Greedy equals Transformers per prompt; beam search equals an unpadded
-    call; torch and eager runs are not padded."""
-    monkeypatch.setattr(attention_kernel, "CACHE_WINDOW", 8)
+    the inputs to a multiple of `LENGTH_BUCKET` and stops at the length
+    asked for, so `max_length` 10, 13 and 16 (buckets of 8, cache windows of
+    4) trace once. Greedy equals Transformers per prompt; beam search equals
+    an unpadded call; torch and eager runs are not padded."""
+    monkeypatch.setattr(generation_inputs, "LENGTH_BUCKET", 8)
+    monkeypatch.setattr(attention_kernel, "CACHE_WINDOW", 4)
     hf_model, lm = greedy_lm()
     traces = []
     step = lm.generate_step
