@@ -1,6 +1,6 @@
 """Dense projections on 2D rows: exact int8, gather-free int4, half on JAX, oneDNN on torch.
 
-Six measured speed-ups, all computing what the Keras layer computes:
+Seven measured gains, all computing what the Keras layer computes:
 
 * `dense_on_rows`: XLA's CPU backward of a 3D x 2D matmul (`(batch, seq,
   hidden) @ (hidden, out)`) runs ~1.4x slower than the same product on 2D
@@ -59,6 +59,11 @@ Six measured speed-ups, all computing what the Keras layer computes:
   float32 decodes 58.2 tok/s at batch 1 and 300.6 at batch 8, where
   TensorFlow's own kernels did 46.3 and 175.6 (70.2 at batch 1 once the
   bias-free LM head was left as one row).
+* a float layer contracting several axes on JAX (`_several_axes_on_jax`,
+  the attention output `btnh,nhd->btd`): XLA:CPU copied its kernel,
+  transposed, on every call (every decoding step); as 2D rows it reads
+  the kernel as stored. GPT-2 base generation's temporaries at batch 1:
+  38.5 -> 10.6 MB; its speed is unchanged (within 1-4%).
 """
 
 import keras
@@ -221,6 +226,25 @@ def _one_row_on_tensorflow(layer, inputs):
     return all(size == 1 for size in leading)
 
 
+def _several_axes_on_jax(layer):
+    """True on JAX for a float layer contracting several axes (`btnh,nhd->btd`).
+
+    XLA:CPU lays such a kernel out to suit the attention output it
+    multiplies, and makes a transposed copy of the kernel per call: inside
+    GPT-2 base's `generate()` loop, 11 of the 12 attention output kernels
+    (2.25 MB each) were copied on every decoding step. Contracted as 2D
+    rows (`_flattened`), the activation is reshaped instead (a few KB) and
+    the kernel is read as stored: the compiled generation's temporaries
+    fall from 38.5 to 10.6 MB at batch 1 (110.9 -> 84.9 MB at batch 8),
+    at the same decoding speed (`benchmarks/NOTES.md`).
+    """
+    if keras.config.backend() != "jax" or getattr(layer, "quantization_mode", None) is not None:
+        return False
+    if not layer.built or layer.bias is None:
+        return False
+    return len(layer.kernel.shape) - len(layer.bias.shape) > 1
+
+
 def _float32_on_torch_cpu(layer, inputs):
     """True for a float32 layer (not quantized) on float32 torch CPU inputs.
 
@@ -240,9 +264,10 @@ def dense(layer, inputs):
     Int8 layers take exact int8 products (XLA-friendly on JAX/TensorFlow),
     int4 ones on JAX/TensorFlow a gather-free dequantization (`supports_int4`),
     half-precision ones on JAX on a CPU YNNPACK's GEMM (`supports_half`),
-    float32 ones on torch on a CPU oneDNN's (`torch_matmul`), and a single
-    row on TensorFlow a product of two rows (`_one_row_on_tensorflow`);
-    every other call is the layer's own.
+    float32 ones on torch on a CPU oneDNN's (`torch_matmul`), a single
+    row on TensorFlow a product of two rows (`_one_row_on_tensorflow`),
+    and float ones contracting several axes on JAX a product of 2D rows
+    (`_several_axes_on_jax`); every other call is the layer's own.
 
     Args:
         layer: a built `keras.layers.Dense` or `EinsumDense` whose bias spans
@@ -274,7 +299,8 @@ def dense(layer, inputs):
         return unflatten(ops.add(ops.matmul(rows, kernel), ops.reshape(layer.bias, (-1,))))
     on_onednn = _float32_on_torch_cpu(layer, inputs)
     half = supports_half(layer)
-    if not (on_onednn or half or _one_row_on_tensorflow(layer, inputs)):
+    several_axes = _several_axes_on_jax(layer)
+    if not (on_onednn or half or several_axes or _one_row_on_tensorflow(layer, inputs)):
         return layer(inputs)
     kernel = ops.cast(layer.kernel, layer.compute_dtype)  # LoRA included
     inputs = ops.cast(inputs, layer.compute_dtype)
@@ -284,6 +310,8 @@ def dense(layer, inputs):
         return unflatten(torch_matmul.matmul(rows, kernel, bias))
     if half:
         products = _half_products(rows, kernel)
+    elif several_axes:
+        products = ops.matmul(rows, kernel)  # one row stays one: XLA's GEMV reads it fastest
     else:
         products = _one_row_as_two(lambda rows: ops.matmul(rows, kernel), rows)
     return unflatten(ops.add(products, bias))

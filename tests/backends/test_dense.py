@@ -405,3 +405,69 @@ def test_only_a_single_float_row_is_padded_on_tensorflow():
     assert not dense_module._one_row_on_tensorflow(keras.layers.Dense(4), one)  # not built
     layers["mlp"].quantize("int8")  # int8 rows take `_products_as_stored`
     assert not dense_module._one_row_on_tensorflow(layers["mlp"], one)
+
+
+@jax_only
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("rows", [1, 5])
+def test_several_axes_on_jax_equal_the_layer_and_its_gradients(rows, lora):
+    """The attention output (`btnh,nhd->btd`) multiplied as 2D rows: the
+    layer's values and its gradients for the input and every trainable
+    weight (LoRA's included), eagerly and under `jax.jit`."""
+    import jax
+    import jax.numpy as jnp
+
+    layers, inputs = _layers()
+    layer, x = layers["output"], inputs["output"][:, :rows]
+    if lora:
+        layer.enable_lora(2)
+        layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 0.5, "float32"))
+    assert dense_module._several_axes_on_jax(layer)
+    assert not dense_module._several_axes_on_jax(layers["query"])  # one contracted axis
+    values = [v.value for v in layer.trainable_variables]
+
+    def values_and_gradients(fn):
+        def loss(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+                out = fn(x)
+            return jnp.sum(out**2), out
+
+        (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(values, x)
+        return [out, grads[1], *grads[0]]
+
+    expected = values_and_gradients(layer)
+    for actual in (values_and_gradients(lambda x: dense(layer, x)),
+                   jax.jit(lambda: values_and_gradients(lambda x: dense(layer, x)))()):
+        assert len(actual) == len(expected) == 2 + len(values)
+        for a, e in zip(actual, expected):
+            assert a.shape == e.shape
+            np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-5 * np.abs(e).max())
+
+
+@jax_only
+def test_generation_reads_the_attention_output_kernels_as_stored(monkeypatch):
+    """Inside JAX's compiled `generate()`, Keras' einsum for the attention
+    output made XLA copy each output kernel transposed, `(head_dim, heads,
+    hidden)`, on every step; as 2D rows no such copy is left."""
+    from gpt2_lib.models import GPT2Backbone
+    from gpt2_lib.models import GPT2CausalLM
+
+    keras.utils.set_random_seed(0)
+    backbone = GPT2Backbone(
+        vocabulary_size=128, num_layers=2, num_heads=4, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=64, dropout=0.0,
+    )
+    lm = GPT2CausalLM(backbone, preprocessor=None)
+    lm.compile(sampler="greedy")
+    mask = np.zeros((1, 16), bool)
+    mask[:, :4] = True
+    inputs = lm._padded_to_bucket({"token_ids": np.zeros((1, 16), "int32"), "padding_mask": mask})
+
+    def transposed_kernels():
+        lm.generate_function = None
+        text = lm.make_generate_function().lower(inputs).compile().as_text()
+        return re.findall(r"= f32\[8,4,32\]\{[\d,]+\} (?:transpose|copy)\(", text)
+
+    assert not transposed_kernels()
+    monkeypatch.setattr(dense_module, "_several_axes_on_jax", lambda layer: False)  # Keras' einsum
+    assert transposed_kernels()
