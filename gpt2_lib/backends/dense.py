@@ -216,14 +216,19 @@ def _one_row_on_tensorflow(layer, inputs):
     has no bias, is not padded: padded, batch 1 decoded 55 tok/s instead
     of 63.5.
     """
-    if keras.config.backend() != "tensorflow":
+    contracted = _float_contracted_axes(layer)
+    if keras.config.backend() != "tensorflow" or contracted is None:
         return False
-    quantized = getattr(layer, "quantization_mode", None) is not None
-    if quantized or not layer.built or layer.bias is None:
-        return False
-    contracted = len(layer.kernel.shape) - len(layer.bias.shape)  # the axes the bias does not span
     leading = tuple(inputs.shape)[: len(inputs.shape) - contracted]
     return all(size == 1 for size in leading)
+
+
+def _float_contracted_axes(layer):
+    """How many input axes a built float layer with a bias contracts, else None."""
+    quantized = getattr(layer, "quantization_mode", None) is not None
+    if quantized or not layer.built or layer.bias is None:
+        return None
+    return len(layer.kernel.shape) - len(layer.bias.shape)  # the axes the bias does not span
 
 
 def _several_axes_on_jax(layer):
@@ -238,11 +243,8 @@ def _several_axes_on_jax(layer):
     fall from 38.5 to 10.6 MB at batch 1 (110.9 -> 84.9 MB at batch 8),
     at the same decoding speed (`benchmarks/NOTES.md`).
     """
-    if keras.config.backend() != "jax" or getattr(layer, "quantization_mode", None) is not None:
-        return False
-    if not layer.built or layer.bias is None:
-        return False
-    return len(layer.kernel.shape) - len(layer.bias.shape) > 1
+    contracted = _float_contracted_axes(layer)
+    return keras.config.backend() == "jax" and contracted is not None and contracted > 1
 
 
 def _float32_on_torch_cpu(layer, inputs):

@@ -198,7 +198,7 @@ def test_greedy_over_cache_windows_matches_transformers(monkeypatch):
         assert ids[2, LEFT_PAD:].tolist() == ids[0, : len(P1) + new].tolist()
 
 
-def test_max_lengths_within_a_window_share_one_compiled_generation(monkeypatch):
+def test_max_lengths_within_a_bucket_share_one_compiled_generation(monkeypatch):
     """JAX/TensorFlow compile generation per input shape: `generate()` pads
     the inputs to a multiple of `LENGTH_BUCKET` and stops at the length
     asked for, so `max_length` 10, 13 and 16 (buckets of 8, cache windows of
