@@ -250,7 +250,8 @@ def _several_axes_on_jax(layer):
 def _float32_on_torch_cpu(layer, inputs):
     """True for a float32 layer (not quantized) on float32 torch CPU inputs.
 
-    Its product runs on oneDNN (`torch_matmul`): ~2x MKL's on an AMD EPYC.
+    Its product runs on oneDNN where `torch_matmul` picks it (a CPU not made
+    by Intel: ~2x MKL's on an AMD EPYC); elsewhere the layer's own.
     """
     if keras.config.backend() != "torch" or not layer.built:
         return False

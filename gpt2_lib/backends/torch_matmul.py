@@ -1,4 +1,4 @@
-"""Float32 products on torch's oneDNN GEMM, with their gradients.
+"""Float32 products on the faster of torch's two GEMMs, with their gradients.
 
 torch multiplies float32 matrices on a CPU (`addmm`, `mm`, `linear`) with
 MKL's SGEMM. On an AMD EPYC with AVX-512 (the 2-core machine of
@@ -8,9 +8,13 @@ TensorFlow uses and torch's own inductor calls for CPU linears
 (`torch.ops.mkldnn._linear_pointwise`), runs at 430-480. Few-row products
 gain too (MKL runs them on one core): at batch 8 a block's products take
 0.47 instead of 1.07 ms per step, the LM head 4.3 instead of 8.3 ms.
-`matmul` computes `rows @ kernel + bias` there in float32 (the same
-products, summed in another order: ~1e-6 apart) and its backward as two
-more oneDNN products, so `fit()` gets the speed too.
+On an Intel CPU MKL is on its own fast path and oneDNN loses (a 2-core
+Xeon with AMX, GPT-2 base in one process, alternating: batch-1 decoding
+27.6 tok/s on MKL vs 22.9 on oneDNN, `fit()` 196 vs 146 tokens/s), so
+`float32_on_onednn` picks oneDNN only where torch's BLAS is MKL on a CPU
+that is not Intel's. There `matmul` computes `rows @ kernel + bias` in
+float32 (the same products, summed in another order: ~1e-6 apart) and its
+backward as two more oneDNN products, so `fit()` gets the speed too.
 
 Keras' int8 layers on a CPU multiply their int8 operands as int32 tensors
 (`torch.matmul` has no int8 CPU kernel; Keras calls `torch._int_mm` on CUDA
@@ -27,16 +31,41 @@ import functools
 import keras
 
 
-def _linear():
+def _cpu_vendor():
+    """The CPU's vendor string: `GenuineIntel`, `AuthenticAMD`, ... ('' if unknown)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor()  # Windows: "Intel64 Family 6 ... GenuineIntel"
+
+
+@functools.cache
+def float32_on_onednn():
+    """Whether float32 products go to oneDNN: torch's BLAS is MKL on a CPU not made by Intel."""
     import torch
 
+    return not (torch.backends.mkl.is_available() and "intel" in _cpu_vendor().lower())
+
+
+def _linear():
+    """oneDNN's linear op where float32 products should use it, else None (torch's own GEMM)."""
+    import torch
+
+    if not float32_on_onednn():
+        return None
     if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
         return None
     return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
 def supports(*tensors):
-    """True for float32 CPU tensors on torch with oneDNN's linear available.
+    """True for float32 CPU tensors on torch where products go to oneDNN.
 
     Args:
         *tensors: the operands of a `matmul`.
@@ -176,7 +205,7 @@ def matmul(rows, kernel, bias=None):
     """`rows @ kernel (+ bias)` for torch tensors, on oneDNN where `supports` them.
 
     Differentiable in all three. Other tensors (bfloat16, off the CPU, no
-    rows, no oneDNN) take `torch.addmm` / `@`, as before.
+    rows, an Intel CPU, no oneDNN) take `torch.addmm` / `@`, as before.
 
     Args:
         rows: `(rows, in)` tensor.

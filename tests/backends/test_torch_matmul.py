@@ -1,5 +1,7 @@
 """`torch_matmul`: float32 products on oneDNN equal `addmm` (gradients included); int8 products are exact."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -9,6 +11,44 @@ from gpt2_lib.models import GPT2Backbone
 from gpt2_lib.models import GPT2CausalLM
 
 pytestmark = pytest.mark.skipif(keras.config.backend() != "torch", reason="torch's oneDNN path")
+
+
+@pytest.fixture(autouse=True)
+def onednn(monkeypatch):
+    """The oneDNN path on every CPU (`float32_on_onednn` picks MKL on Intel's)."""
+    monkeypatch.setattr(torch_matmul, "float32_on_onednn", lambda: True)
+
+
+@pytest.mark.parametrize("vendor, mkl, expected", [
+    ("AuthenticAMD", True, True),   # MKL's slow path on a CPU not made by Intel
+    ("GenuineIntel", True, False),  # MKL on its own fast path
+    ("Intel64 Family 6 Model 207 Stepping 2, GenuineIntel", True, False),  # Windows' string
+    ("GenuineIntel", False, True),  # no MKL in this torch: oneDNN
+    ("", True, True),
+])
+def test_float32_products_leave_mkl_only_on_cpus_not_made_by_intel(monkeypatch, vendor, mkl, expected):
+    import torch
+
+    monkeypatch.undo()  # the real `float32_on_onednn`, uncached
+    monkeypatch.setattr(torch_matmul, "_cpu_vendor", lambda: vendor)
+    monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
+    assert torch_matmul.float32_on_onednn.__wrapped__() is expected
+    monkeypatch.setattr(torch_matmul, "float32_on_onednn", lambda: expected)
+    x = torch.ones(2, 3)
+    assert torch_matmul.supports(x, torch.ones(3, 4)) is (expected and torch_matmul._linear() is not None)
+    if not expected:
+        assert torch_matmul._linear() is None
+
+
+def test_cpu_vendor_is_read():
+    vendor = torch_matmul._cpu_vendor()
+    assert isinstance(vendor, str)
+    if not os.path.exists("/proc/cpuinfo"):
+        return
+    with open("/proc/cpuinfo") as cpuinfo:
+        listed = [line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("vendor_id")]
+    if listed:
+        assert vendor == listed[0]
 
 
 def _operands(rows, width, layout, bias, requires_grad):
