@@ -250,8 +250,9 @@ def _several_axes_on_jax(layer):
 def _float32_on_torch_cpu(layer, inputs):
     """True for a float32 layer (not quantized) on float32 torch CPU inputs.
 
-    Its product runs on oneDNN where `torch_matmul` picks it (a CPU not made
-    by Intel: ~2x MKL's on an AMD EPYC); elsewhere the layer's own.
+    Its product runs on `torch_matmul.matmul`: oneDNN's GEMM or MKL's,
+    whichever is faster on this CPU for the shape (oneDNN ~2x MKL on an AMD
+    EPYC).
     """
     if keras.config.backend() != "torch" or not layer.built:
         return False

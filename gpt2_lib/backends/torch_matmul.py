@@ -10,11 +10,15 @@ gain too (MKL runs them on one core): at batch 8 a block's products take
 0.47 instead of 1.07 ms per step, the LM head 4.3 instead of 8.3 ms.
 On an Intel CPU MKL is on its own fast path and oneDNN loses (a 2-core
 Xeon with AMX, GPT-2 base in one process, alternating: batch-1 decoding
-27.6 tok/s on MKL vs 22.9 on oneDNN, `fit()` 196 vs 146 tokens/s), so
-`float32_on_onednn` picks oneDNN only where torch's BLAS is MKL on a CPU
-that is not Intel's. There `matmul` computes `rows @ kernel + bias` in
-float32 (the same products, summed in another order: ~1e-6 apart) and its
-backward as two more oneDNN products, so `fit()` gets the speed too.
+27.6 tok/s on MKL vs 22.9 on oneDNN, `fit()` 196 vs 146 tokens/s), except
+for a few rows over a transposed `(n, k)` kernel, the tied LM head while
+decoding a small batch (8 rows x GPT-2's table: 27.9 ms on MKL, 13.8 on
+oneDNN; equal from 16 rows, MKL ahead at 2). So `float32_on_onednn` sends
+every product to oneDNN only where torch's BLAS is MKL on a CPU that is not
+Intel's, and `matmul` sends only those few-row transposed products there
+on Intel's. On oneDNN `matmul` computes `rows @ kernel + bias` in float32
+(the same products, summed in another order: ~1e-6 apart) and its backward
+as two more oneDNN products, so `fit()` gets the speed too.
 
 Keras' int8 layers on a CPU multiply their int8 operands as int32 tensors
 (`torch.matmul` has no int8 CPU kernel; Keras calls `torch._int_mm` on CUDA
@@ -54,18 +58,16 @@ def float32_on_onednn():
 
 
 def _linear():
-    """oneDNN's linear op where float32 products should use it, else None (torch's own GEMM)."""
+    """oneDNN's linear op, or None where torch has none (or it is turned off)."""
     import torch
 
-    if not float32_on_onednn():
-        return None
     if not torch.backends.mkldnn.is_available() or not torch.backends.mkldnn.enabled:
         return None
     return getattr(getattr(torch.ops, "mkldnn", None), "_linear_pointwise", None)
 
 
 def supports(*tensors):
-    """True for float32 CPU tensors on torch where products go to oneDNN.
+    """True for float32 CPU tensors on torch with oneDNN's linear available.
 
     Args:
         *tensors: the operands of a `matmul`.
@@ -163,8 +165,21 @@ def int8_products(rows, kernel, transposed=False):
 
 
 def _float_product(rows, weight):
-    """`rows @ weight.T` in float32, on oneDNN where torch has it."""
-    return _product(rows, weight) if _linear() is not None else rows @ weight.t()
+    """`rows @ weight.T` in float32, on oneDNN where `float32_on_onednn`."""
+    return _product(rows, weight) if _linear() is not None and float32_on_onednn() else rows @ weight.t()
+
+
+# Rows from which MKL's product over a transposed kernel loses to oneDNN's on
+# an Intel CPU (1 row: equal; 2 rows: MKL 8.3 vs 11.4 ms; 4-8 rows: 2x slower).
+_TRANSPOSED_ROWS_ON_ONEDNN = 3
+
+
+def _on_onednn(rows, kernel, gradients):
+    """Whether `matmul` multiplies on oneDNN rather than torch's own GEMM."""
+    if float32_on_onednn():
+        return True
+    transposed = kernel.t().is_contiguous() and not kernel.is_contiguous()
+    return not gradients and transposed and rows.shape[0] >= _TRANSPOSED_ROWS_ON_ONEDNN
 
 
 def _product(rows, weight, bias=None):
@@ -205,7 +220,8 @@ def matmul(rows, kernel, bias=None):
     """`rows @ kernel (+ bias)` for torch tensors, on oneDNN where `supports` them.
 
     Differentiable in all three. Other tensors (bfloat16, off the CPU, no
-    rows, an Intel CPU, no oneDNN) take `torch.addmm` / `@`, as before.
+    rows, no oneDNN) and the products `_on_onednn` leaves to MKL on an Intel
+    CPU take `torch.addmm` / `@`.
 
     Args:
         rows: `(rows, in)` tensor.
@@ -225,8 +241,10 @@ def matmul(rows, kernel, bias=None):
     import torch
 
     operands = (rows, kernel) if bias is None else (rows, kernel, bias)
-    if rows.shape[0] == 0 or not supports(*operands):  # oneDNN has no empty product
+    gradients = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
+    # oneDNN has no empty product
+    if rows.shape[0] == 0 or not supports(*operands) or not _on_onednn(rows, kernel, gradients):
         return rows @ kernel if bias is None else torch.addmm(bias, rows, kernel)
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in operands)):
+    if not gradients:
         return _product(rows, kernel.t(), bias)  # no autograd node to pay for (generation)
     return _function().apply(rows, kernel, bias)

@@ -33,11 +33,23 @@ def test_float32_products_leave_mkl_only_on_cpus_not_made_by_intel(monkeypatch, 
     monkeypatch.setattr(torch_matmul, "_cpu_vendor", lambda: vendor)
     monkeypatch.setattr(torch.backends.mkl, "is_available", lambda: mkl)
     assert torch_matmul.float32_on_onednn.__wrapped__() is expected
-    monkeypatch.setattr(torch_matmul, "float32_on_onednn", lambda: expected)
-    x = torch.ones(2, 3)
-    assert torch_matmul.supports(x, torch.ones(3, 4)) is (expected and torch_matmul._linear() is not None)
-    if not expected:
-        assert torch_matmul._linear() is None
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 8, 64])
+@pytest.mark.parametrize("layout", ["kernel", "transposed_table"])
+@pytest.mark.parametrize("gradients", [False, True])
+def test_on_intel_only_few_row_transposed_products_without_gradients_go_to_onednn(
+    monkeypatch, products, rows, layout, gradients
+):
+    import torch
+
+    monkeypatch.setattr(torch_matmul, "float32_on_onednn", lambda: False)
+    leaves, as_kernel = _operands(rows, 99, layout, None, requires_grad=gradients)
+    x, stored = leaves
+    out = torch_matmul.matmul(x, as_kernel(stored))
+    expected = rows >= 3 and layout == "transposed_table" and not gradients
+    assert len(products) == int(expected)
+    torch.testing.assert_close(out, x @ as_kernel(stored), rtol=1e-5, atol=1e-4)
 
 
 def test_cpu_vendor_is_read():
