@@ -355,6 +355,27 @@ def read_bandwidth(megabytes=512, repeats=5):
     return data.nbytes / best
 
 
+def cpu_description():
+    """The CPU model, cores and the vector/matrix extensions the GEMMs pick paths by.
+
+    The fastest float32 GEMM on torch differs by vendor (`torch_matmul`) and int8
+    and bfloat16 speeds by VNNI/AMX, so tables say which CPU made them."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        import platform
+
+        return f"{platform.processor() or 'unknown CPU'}, {os.cpu_count()} cores"
+    flags = fields.get("flags", "").split()
+    extensions = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16") if f in flags]
+    return (f"{fields.get('model name', 'unknown CPU')} ({fields.get('vendor_id', '?')}), "
+            f"{os.cpu_count()} cores, {' '.join(extensions) or 'no AVX2'}")
+
+
 def weight_bytes(config):
     """float32 bytes GPT-2 reads per decoded token (tied embedding once)."""
     h, v, i, layers = config["hidden_dim"], config["vocabulary_size"], config["intermediate_dim"], config["num_layers"]
@@ -412,7 +433,8 @@ def summary(values):
 def print_table(results, args, bandwidth):
     config = SIZES[args.size]
     bound = bandwidth / weight_bytes(config)
-    print(f"\nread bandwidth {bandwidth / 1e9:.1f} GB/s; {weight_bytes(config) / 1e6:.0f} MB of float32 "
+    print(f"\n{cpu_description()}")
+    print(f"read bandwidth {bandwidth / 1e9:.1f} GB/s; {weight_bytes(config) / 1e6:.0f} MB of float32 "
           f"weights per token -> batch-1 float32 bound ~{bound:.1f} tokens/s\n")
 
     def metric(label, get):
@@ -509,7 +531,7 @@ def main():
             print(f"[{turn + 1}/{args.processes}] {row[0]}: {status}", file=sys.stderr, flush=True)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"bandwidth": bandwidth, "results": results}, f, indent=1)
+            json.dump({"cpu": cpu_description(), "bandwidth": bandwidth, "results": results}, f, indent=1)
     print_table(results, args, bandwidth)
 
 
