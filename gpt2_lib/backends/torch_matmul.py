@@ -115,7 +115,7 @@ def _exact_float_products(rows, kernel):
     """Exact int32 `rows @ kernel` for int8 `(m, k)` rows and an int8 `(k, n)` kernel view.
 
     The kernel is converted to float32 a block of columns at a time and
-    multiplied on oneDNN; contractions longer than `_EXACT_FLOAT32_TERMS`
+    multiplied by `matmul` (on the GEMM it picks for float32); contractions longer than `_EXACT_FLOAT32_TERMS`
     are split and their exact partial sums added in float64.
     """
     import torch
@@ -133,8 +133,7 @@ def _exact_float_products(rows, kernel):
         block = kernel[:, start : start + width]
         total = None
         for first, x_chunk in chunks:
-            weight = block[first : first + _EXACT_FLOAT32_TERMS].float().t()  # (columns, terms)
-            part = _float_product(x_chunk, weight)
+            part = matmul(x_chunk, block[first : first + _EXACT_FLOAT32_TERMS].float())
             total = part if len(chunks) == 1 else part.double() if total is None else total + part.double()
         outputs[:, start : start + width] = total.to(torch.int32)
     return outputs
@@ -162,11 +161,6 @@ def int8_products(rows, kernel, transposed=False):
     if int8_on_int_mm():
         return torch._int_mm(rows, kernel)
     return _exact_float_products(rows, kernel)
-
-
-def _float_product(rows, weight):
-    """`rows @ weight.T` in float32, on oneDNN where `float32_on_onednn`."""
-    return _product(rows, weight) if _linear() is not None and float32_on_onednn() else rows @ weight.t()
 
 
 # Rows from which MKL's product over a transposed kernel loses to oneDNN's on
