@@ -6,7 +6,8 @@ separate bias add, and a cached decoding step copies the whole key/value
 cache (`slice_update` clones, `stack`). At batch 1 that overhead costs more
 than the step's matmuls. `TorchBlocks` computes the same blocks with
 plain products on the variables found through `backbone.weight_table()`
-(float32 ones on oneDNN, `torch_matmul`; others with `torch.addmm`):
+(float32 ones through `torch_matmul`, oneDNN or MKL by CPU; others with
+`torch.addmm`):
 
 * without a cache (`GPT2Backbone.call`): autograd reaches the variables, so
   training and LoRA (through each layer's `kernel`) go through it too;
@@ -33,6 +34,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.backends import torch_int4, torch_matmul
+from gpt2_lib.backends.attention import cached_attention
 from gpt2_lib.backends.attention import dot_product_attention
 
 
@@ -137,7 +139,7 @@ class TorchBlocks:
         hidden_states: `(batch, seq, hidden)` embeddings.
         attention_mask: boolean `(batch, 1, seq, key_length)`, see
             `gpt2_lib.layers.causal_attention_mask`.
-        cache: optional `(batch, num_layers, 2, max_length, heads, head_dim)`;
+        cache: optional `(batch, num_layers, 2, heads, max_length, head_dim)`;
             updated in place at `cache_update_index` and returned.
         cache_update_index: int, the cache position of the first query.
 
@@ -257,16 +259,19 @@ class TorchBlocks:
                 scale=1.0 / self.head_dim**0.5, is_causal=True,
             )
         end = index + query.shape[1]
-        cache[:, layer, 0, index:end] = key
-        cache[:, layer, 1, index:end] = value
-        # Few queries: plain matmuls beat the fused kernel's threading. Only
-        # the keys up to the last query: the rest are masked.
-        keys = cache[:, layer, 0, :end].permute(0, 2, 3, 1)  # (batch, heads, head_dim, end)
-        scores = self.torch.matmul(query.transpose(1, 2), keys).float() / self.head_dim**0.5
-        scores = scores.masked_fill(~attention_mask[..., :end], -1e9)  # (batch, heads, seq, end)
-        probs = self.torch.softmax(scores, dim=-1).to(value.dtype)
-        attended = self.torch.matmul(probs, cache[:, layer, 1, :end].transpose(1, 2))
-        return attended.transpose(1, 2)  # (batch, seq, heads, head_dim)
+        cache[:, layer, 0, :, index:end] = key.transpose(1, 2)  # heads before positions
+        cache[:, layer, 1, :, index:end] = value.transpose(1, 2)
+        # Only the keys up to the last query: the rest are masked.
+        keys, values = cache[:, layer, 0, :, :end], cache[:, layer, 1, :, :end]
+        mask = attention_mask[..., :end]
+        if self.dtype == self.torch.float32:
+            # The Keras layers' attention (SDPA over the cache as stored).
+            return cached_attention(query, keys, values, mask, scale=1.0 / self.head_dim**0.5)
+        # Lower precision: float32 logits and softmax, as the Keras layers.
+        scores = self.torch.matmul(query.transpose(1, 2), keys.transpose(2, 3)).float()
+        scores = scores.masked_fill(~mask, -1e9) / self.head_dim**0.5  # (batch, heads, seq, end)
+        probs = self.torch.softmax(scores, dim=-1).to(values.dtype)
+        return self.torch.matmul(probs, values).transpose(1, 2)  # (batch, seq, heads, head_dim)
 
     def _block(self, x, weights, attention_mask, cache, index, layer):
         """One GPT-2 block on `(batch, seq, hidden)`, as `TransformerDecoder.call`."""

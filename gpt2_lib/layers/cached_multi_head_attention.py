@@ -5,6 +5,7 @@ import math
 import keras
 from keras import ops
 
+from gpt2_lib.backends.attention import cached_attention
 from gpt2_lib.backends.attention import dot_product_attention
 from gpt2_lib.backends.attention import windowed_attention
 from gpt2_lib.backends.dense import dense
@@ -21,11 +22,12 @@ class CachedMultiHeadAttention(keras.layers.Layer):
     causal whatever the mask says (query `t` never sees key `s > t`; the mask
     removes padding on top); with a cache, the mask alone decides (see
     `causal_attention_mask(query_start=...)`) and only the cache up to the
-    last query's position is read (`windowed_attention`). In float32 the
-    attention goes through `gpt2_lib.backends.attention.dot_product_attention` (each
-    backend's fastest form); in lower precision, or with attention dropout,
-    the logits and softmax are computed in float32 and the probabilities cast
-    back.
+    last query's position is read (`windowed_attention`). The cache stores
+    heads before positions, the layout its attention reads
+    (`gpt2_lib.backends.attention.cached_attention`). In float32 the
+    attention goes through `gpt2_lib.backends.attention` (each backend's
+    fastest form); in lower precision, or with attention dropout, the logits
+    and softmax are computed in float32 and the probabilities cast back.
 
     Args:
         num_heads: int, number of attention heads.
@@ -38,14 +40,15 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         hidden_states: `(batch, query_length, hidden)`.
         attention_mask: boolean, broadcastable to
             `(batch, heads, query_length, key_length)`.
-        cache: optional keys and values of earlier positions: a pair
-            `(keys, values)`, each `(batch, max_length, heads, head_dim)`.
+        cache: optional keys and values of earlier positions, this
+            block's `(batch, 2, heads, max_length, head_dim)` (keys, then
+            values).
             When given, the new keys/values are written at
             `cache_update_index` and the layer returns `(output,
             updated_cache)`.
         cache_update_index: int or scalar tensor, where to write in the cache.
         cache_layer: optional int. When given, `cache` is the whole model's
-            `(batch, layers, 2, max_length, heads, head_dim)` cache; the
+            `(batch, layers, 2, heads, max_length, head_dim)` cache; the
             layer writes its new keys/values into slot `cache_layer` of it
             and returns the whole cache (`updates_whole_cache`).
         training: bool, whether dropout is active.
@@ -99,17 +102,25 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         self.output_dense.build((None, None, self.num_heads, self.key_dim))
         self.built = True
 
-    def _attend(self, query, key, value, attention_mask, training, is_causal):
-        """(batch, q, heads, head_dim) attention over (batch, k, heads, head_dim)."""
+    def _attend(self, query, key, value, attention_mask, training, cached):
+        """`(batch, q, heads, head_dim)` attention over keys and values.
+
+        Causal over this call's `(batch, k, heads, head_dim)` projections, or
+        (`cached`) over the cache's `(batch, heads, k, head_dim)`, where the
+        mask alone decides.
+        """
         scale = 1.0 / math.sqrt(self.key_dim)
         use_dropout = training and self.dropout > 0
         if self.compute_dtype == "float32" and not use_dropout:
+            if cached:
+                return cached_attention(query, key, value, attention_mask, scale)
             return dot_product_attention(
-                query, key, value, mask=attention_mask, scale=scale, is_causal=is_causal
+                query, key, value, mask=attention_mask, scale=scale, is_causal=True
             )
-        logits = ops.einsum("bqnh,bknh->bnqk", query, key)
+        keys_axes = "bnkh" if cached else "bknh"
+        logits = ops.einsum(f"bqnh,{keys_axes}->bnqk", query, key)
         logits = ops.cast(logits, "float32") * scale
-        if is_causal:
+        if not cached:
             query_length, key_length = ops.shape(query)[1], ops.shape(key)[1]
             causal = ops.arange(key_length)[None, :] <= ops.arange(query_length)[:, None]
             attention_mask = ops.logical_and(attention_mask, causal[None, None])
@@ -117,7 +128,7 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         probs = ops.softmax(logits, axis=-1)
         probs = self._probs_dropout(probs, training=training)
         probs = ops.cast(probs, self.compute_dtype)
-        return ops.einsum("bnqk,bknh->bqnh", probs, value)
+        return ops.einsum(f"bnqk,{keys_axes}->bqnh", probs, value)
 
     def call(
         self,
@@ -132,31 +143,29 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         key = dense(self.key_dense, hidden_states)
         value = dense(self.value_dense, hidden_states)
         if cache is None:
-            attended = self._attend(query, key, value, attention_mask, training, is_causal=True)
+            attended = self._attend(query, key, value, attention_mask, training, cached=False)
             return dense(self.output_dense, attended)  # (batch, q, hidden)
+        # The cache stores heads before positions.
+        key = ops.transpose(key, (0, 2, 1, 3))  # (batch, heads, q, head_dim)
+        value = ops.transpose(value, (0, 2, 1, 3))
+        new = ops.cast(ops.stack([key, value], axis=1), cache.dtype)  # (batch, 2, heads, q, head_dim)
         if cache_layer is None:
-            # This block's (keys, values), each (batch, max_length, heads, head_dim).
-            start = [0, cache_update_index, 0, 0]
-            key = ops.slice_update(cache[0], start, ops.cast(key, cache[0].dtype))
-            value = ops.slice_update(cache[1], start, ops.cast(value, cache[1].dtype))
-            cache = (key, value)
+            # This block's (batch, 2, heads, max_length, head_dim).
+            cache = ops.slice_update(cache, [0, 0, 0, cache_update_index, 0], new)
 
             def keys_values(cache, end):
-                return cache[0][:, :end], cache[1][:, :end]
+                return cache[:, 0, :, :end], cache[:, 1, :, :end]
 
         else:
             # The whole model's cache: one write into slot `cache_layer`.
-            new = ops.cast(ops.stack([key, value], axis=1)[:, None], cache.dtype)  # (batch, 1, 2, q, ...)
-            cache = ops.slice_update(cache, [0, cache_layer, 0, cache_update_index, 0, 0], new)
+            cache = ops.slice_update(cache, [0, cache_layer, 0, 0, cache_update_index, 0], new[:, None])
 
             def keys_values(cache, end):
-                return cache[:, cache_layer, 0, :end], cache[:, cache_layer, 1, :end]
+                return cache[:, cache_layer, 0, :, :end], cache[:, cache_layer, 1, :, :end]
 
         def attend(query, cache, attention_mask, end):
             key, value = keys_values(cache, end)
-            return self._attend(
-                query, key, value, attention_mask[..., :end], training, is_causal=False
-            )
+            return self._attend(query, key, value, attention_mask[..., :end], training, cached=True)
 
         # Keys past the last query's position are masked: attend over a
         # window of the cache that holds the keys up to it.

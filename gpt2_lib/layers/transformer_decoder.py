@@ -34,9 +34,9 @@ class TransformerDecoder(keras.layers.Layer):
         hidden_states: `(batch, seq, hidden)`.
         attention_mask: boolean `(batch, 1, seq, key_length)`, see
             `causal_attention_mask`.
-        cache: optional `(keys, values)` pair, each `(batch, max_length,
-            heads, head_dim)`; when given the block returns `(hidden_states,
-            updated_cache)`.
+        cache: optional keys and values of earlier positions,
+            `(batch, 2, heads, max_length, head_dim)`; when given the block
+            returns `(hidden_states, updated_cache)`.
         cache_update_index: where the new keys/values go in `cache`.
         cache_layer: optional int: `cache` is the whole model's cache and
             this block's slot in it is `cache_layer` (see

@@ -189,7 +189,8 @@ def test_cached_step_writes_a_broadcast_cache():
         return
     ids = np.array([[5, 6, 7, 8]], "int32")
     mask = np.ones((1, 4), bool)
-    cache = keras.ops.broadcast_to(backbone.build_cache(1, 4), (3, 2, 2, 4, 4, 8))
+    one_row = backbone.build_cache(1, 4)
+    cache = keras.ops.broadcast_to(one_row, (3, *one_row.shape[1:]))
     logits, _, new_cache = lm.call_with_cache(
         np.repeat(ids[:, :2], 3, axis=0), np.repeat(mask, 3, axis=0), cache, 0,
         blocks=lm.generation_blocks(),

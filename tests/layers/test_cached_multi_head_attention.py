@@ -93,8 +93,7 @@ def test_cached_decoding_equals_full_forward(window, monkeypatch):
     x = inputs(seq=7)
     padding = np.array([[1] * 7, [0, 0] + [1] * 5])
     full = keras.ops.convert_to_numpy(layer(x, causal_attention_mask(padding)))
-    zeros = np.zeros((2, 7, HEADS, HEAD_DIM), "float32")
-    cache = (zeros, zeros)
+    cache = np.zeros((2, 2, HEADS, 7, HEAD_DIM), "float32")
     out, cache = layer(
         x[:, :4], causal_attention_mask(padding, 0, 4), cache=cache, cache_update_index=0
     )
@@ -108,7 +107,13 @@ def test_cached_decoding_equals_full_forward(window, monkeypatch):
         )
         outputs.append(keras.ops.convert_to_numpy(out))
     np.testing.assert_allclose(np.concatenate(outputs, axis=1), full, atol=1e-5)
-    assert [tuple(part.shape) for part in cache] == [(2, 7, HEADS, HEAD_DIM)] * 2
+    # Keys then values, heads before positions: (batch, 2, heads, max_length, head_dim).
+    cache = keras.ops.convert_to_numpy(cache)
+    assert cache.shape == (2, 2, HEADS, 7, HEAD_DIM)
+    keys = keras.ops.convert_to_numpy(layer.key_dense(x))  # (batch, 7, heads, head_dim)
+    values = keras.ops.convert_to_numpy(layer.value_dense(x))
+    np.testing.assert_allclose(cache[:, 0], keys.transpose(0, 2, 1, 3), atol=1e-6)
+    np.testing.assert_allclose(cache[:, 1], values.transpose(0, 2, 1, 3), atol=1e-6)
 
 
 def test_compiled_predict_equals_eager(monkeypatch):
@@ -133,22 +138,21 @@ def test_get_config_round_trip():
 
 def test_writing_into_the_whole_cache_equals_a_slot():
     """`cache_layer`: the same outputs and entries as with the layer's own
-    (keys, values), written into slot 1 of a 3-layer cache; the other slots
+    cache, written into slot 1 of a 3-layer cache; the other slots
     untouched."""
     layer = make_layer()
     x = inputs(seq=7)
     padding = np.array([[1] * 7, [0, 0] + [1] * 5])
     rng = np.random.default_rng(3)
-    whole = rng.standard_normal((2, 3, 2, 7, HEADS, HEAD_DIM)).astype("float32")
-    pair = (whole[:, 1, 0].copy(), whole[:, 1, 1].copy())
+    whole = rng.standard_normal((2, 3, 2, HEADS, 7, HEAD_DIM)).astype("float32")
+    own = whole[:, 1].copy()
     for start, length in [(0, 4), (4, 1), (5, 1)]:
         mask = causal_attention_mask(padding, start, length)
         step = x[:, start : start + length]
-        out_pair, pair = layer(step, mask, cache=pair, cache_update_index=start)
+        out_own, own = layer(step, mask, cache=own, cache_update_index=start)
         out_whole, whole_after = layer(step, mask, cache=whole, cache_update_index=start, cache_layer=1)
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(out_whole), keras.ops.convert_to_numpy(out_pair))
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(out_whole), keras.ops.convert_to_numpy(out_own))
         whole_after = keras.ops.convert_to_numpy(whole_after)
-        for i in (0, 1):
-            np.testing.assert_array_equal(whole_after[:, 1, i], keras.ops.convert_to_numpy(pair[i]))
+        np.testing.assert_array_equal(whole_after[:, 1], keras.ops.convert_to_numpy(own))
         np.testing.assert_array_equal(whole_after[:, [0, 2]], whole[:, [0, 2]])
         whole = whole_after

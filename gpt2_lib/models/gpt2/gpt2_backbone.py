@@ -308,32 +308,33 @@ class GPT2Backbone(Backbone):
         Args:
             batch_size: int.
             max_length: int, positions the cache holds.
-            per_block: bool. False: one `(batch, num_layers, 2, max_length,
-                heads, head_dim)` tensor. True: a tuple with each block's
-                `(keys, values)`, each `(batch, max_length, heads,
+            per_block: bool. False: one `(batch, num_layers, 2, heads,
+                max_length, head_dim)` tensor. True: a tuple with each
+                block's keys and values, `(batch, 2, heads, max_length,
                 head_dim)`, which `call_with_cache` updates without slicing
                 a block's keys and values out of a stacked cache and
                 restacking them on every step (copies where updates are not
                 in place: TensorFlow's own kernels, torch's Keras path).
+
+        Heads come before positions, the layout the cached attention reads
+        (`gpt2_lib.backends.attention.cached_attention`). KerasHub's cache
+        puts positions first; reading it that way made XLA copy every
+        block's keys and values on every decoding step.
 
         Example:
         >>> backbone = GPT2Backbone(vocabulary_size=10, num_layers=2,
         ...     num_heads=2, hidden_dim=8, intermediate_dim=16,
         ...     max_sequence_length=6)
         >>> tuple(backbone.build_cache(1, 6).shape)
-        (1, 2, 2, 6, 2, 4)
-        >>> keys, values = backbone.build_cache(1, 6, per_block=True)[0]
-        >>> tuple(keys.shape)
-        (1, 6, 2, 4)
+        (1, 2, 2, 2, 6, 4)
+        >>> tuple(backbone.build_cache(1, 6, per_block=True)[0].shape)
+        (1, 2, 2, 6, 4)
         """
         head_dim = self.hidden_dim // self.num_heads
         if per_block:
-            shape = [batch_size, max_length, self.num_heads, head_dim]
-            return tuple(
-                (ops.zeros(shape, self.compute_dtype), ops.zeros(shape, self.compute_dtype))
-                for _ in range(self.num_layers)
-            )
-        shape = [batch_size, self.num_layers, 2, max_length, self.num_heads, head_dim]
+            shape = [batch_size, 2, self.num_heads, max_length, head_dim]
+            return tuple(ops.zeros(shape, self.compute_dtype) for _ in range(self.num_layers))
+        shape = [batch_size, self.num_layers, 2, self.num_heads, max_length, head_dim]
         return ops.zeros(shape, dtype=self.compute_dtype)
 
     def embed(self, token_ids, padding_mask, position_ids=None, query_start=0):
@@ -383,8 +384,8 @@ class GPT2Backbone(Backbone):
                 token per step when decoding).
             padding_mask: `(batch, max_length)` mask of real tokens over the
                 whole cache length.
-            cache: `(batch, num_layers, 2, max_length, heads, head_dim)`, or
-                a tuple of per-block caches (`build_cache(per_block=True)`).
+            cache: `(batch, num_layers, 2, heads, max_length, head_dim)`,
+                or a tuple of per-block caches (`build_cache(per_block=True)`).
             cache_update_index: int or scalar tensor, the cache position of
                 `token_ids[:, 0]`.
             position_ids: `(batch, seq)` positions of `token_ids`; by default
@@ -407,11 +408,11 @@ class GPT2Backbone(Backbone):
             return blocks(hidden_states, attention_mask, cache, cache_update_index)
         stacked = not isinstance(cache, (tuple, list))
         # Each block writes into the whole cache (JAX: in place), or updates
-        # its own (keys, values): those of a per-block cache, or sliced out
+        # its own keys and values: those of a per-block cache, or sliced out
         # of a stacked cache and restacked at the end.
         whole = stacked and updates_whole_cache()
         if not whole and stacked:
-            per_block = [(cache[:, i, 0], cache[:, i, 1]) for i in range(self.num_layers)]
+            per_block = [cache[:, i] for i in range(self.num_layers)]
         elif not whole:
             per_block = list(cache)
         for i, block in enumerate(self.transformer_layers):
@@ -429,7 +430,7 @@ class GPT2Backbone(Backbone):
             else:
                 per_block[i] = block_cache
         if not whole and stacked:
-            cache = ops.stack([ops.stack(pair, axis=1) for pair in per_block], axis=1)
+            cache = ops.stack(per_block, axis=1)
         elif not whole:
             cache = tuple(per_block)
         return self.layer_norm(hidden_states), cache

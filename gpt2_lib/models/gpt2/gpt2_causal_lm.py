@@ -114,7 +114,8 @@ class GPT2CausalLM(CausalLM):
             token_ids: `(batch, seq)` ids.
             padding_mask: `(batch, max_length)` real-token mask over the whole
                 cache (positions are counted over it).
-            cache: `(batch, num_layers, 2, max_length, heads, head_dim)`.
+            cache: `(batch, num_layers, 2, heads, max_length, head_dim)`
+                (`GPT2Backbone.build_cache`).
             cache_update_index: the cache position of `token_ids[:, 0]`.
             blocks: optional fast path for the blocks, see
                 `GPT2Backbone.call_with_cache` (`generation_blocks()`).

@@ -284,7 +284,7 @@ def test_backbone_is_exported_and_generic():
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_every_cache_form_gives_the_same_states(dtype, monkeypatch):
     """Blocks writing into the whole cache (JAX's choice), a stacked cache
-    split into per-block (keys, values) and restacked, and a per-block cache
+    split into per-block caches and restacked, and a per-block cache
     (`build_cache(per_block=True)`, TensorFlow's generation) give the same
     hidden states and cache, bit for bit, on every backend."""
     from gpt2_lib.models.gpt2 import gpt2_backbone
@@ -306,7 +306,7 @@ def test_every_cache_form_gives_the_same_states(dtype, monkeypatch):
             steps.append(hidden)
         if per_block:
             assert isinstance(cache, tuple) and len(cache) == TINY["num_layers"]
-            cache = keras.ops.stack([keras.ops.stack(pair, axis=1) for pair in cache], axis=1)
+            cache = keras.ops.stack(cache, axis=1)
         return np.concatenate([as_numpy(s) for s in steps], axis=1), as_numpy(cache)
 
     whole_hidden, whole_cache = decode(True)
