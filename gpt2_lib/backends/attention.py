@@ -91,9 +91,13 @@ def cached_attention(query, keys, values, mask, scale):
     if keras.config.backend() == "torch":
         import torch
 
-        query = ops.convert_to_tensor(query).transpose(1, 2)  # (batch, heads, q, head_dim)
+        query, keys, values = (ops.convert_to_tensor(x) for x in (query, keys, values))
         attended = torch.nn.functional.scaled_dot_product_attention(
-            query, keys, values, attn_mask=ops.convert_to_tensor(mask, "bool"), scale=scale
+            query.transpose(1, 2),  # (batch, heads, q, head_dim)
+            keys,
+            values,
+            attn_mask=ops.convert_to_tensor(mask, "bool"),
+            scale=scale,
         )
         return attended.transpose(1, 2)
     query = ops.transpose(query, (0, 2, 1, 3))  # (batch, heads, q, head_dim)

@@ -224,3 +224,68 @@ def test_windowed_attention_attends_over_windows_not_all_slots(monkeypatch):
     monkeypatch.setattr(attention_kernel, "CACHE_WINDOW", 16)  # one window: no branches
     _compiled(lambda *args: step(*args))(query, cache, mask, keras.ops.convert_to_tensor(5))  # traced anew
     assert ends == ([5] if keras.config.backend() == "torch" else [10])
+
+
+# === cached_attention: queries over a heads-first cache ===
+
+
+def _heads_first(x):
+    return np.ascontiguousarray(np.asarray(x).transpose(0, 2, 1, 3))
+
+
+@pytest.mark.parametrize("query_length", [1, 4])
+def test_cached_attention_equals_reference(query_length):
+    """Queries over a `(batch, heads, slots, head_dim)` cache, read as a
+    strided slice of a bigger cache (as the layers pass it), with padding:
+    attention over the same keys in the reference."""
+    query, key, value = qkv(2, query_length, 9, seed=4)
+    mask = np.ones((2, 1, query_length, 9), bool)
+    mask[1, ..., :3] = False  # left padding on row 1
+    whole = np.stack([_heads_first(key), _heads_first(value)], axis=1)  # (batch, 2, heads, 9, head_dim)
+    whole = np.concatenate([whole, np.full_like(whole[:, :, :, :3], np.nan)], axis=3)  # unwritten slots
+    whole = keras.ops.convert_to_tensor(whole)
+    actual = attention_kernel.cached_attention(query, whole[:, 0, :, :9], whole[:, 1, :, :9], mask, 0.3)
+    expected = reference_attention(query, key, value, mask, 0.3, False)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(actual), expected, atol=2e-5)
+
+
+def _gradients(function, *arrays):
+    """Gradients of `sum(function(*arrays) ** 2)` with respect to each array."""
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        return jax.grad(lambda *a: (function(*a) ** 2).sum(), argnums=tuple(range(len(arrays))))(*arrays)
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tensors = [tf.constant(a) for a in arrays]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            loss = tf.reduce_sum(function(*tensors) ** 2)
+        return tape.gradient(loss, tensors)
+    import torch
+
+    tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
+    (function(*tensors) ** 2).sum().backward()
+    return [t.grad for t in tensors]
+
+
+def test_cached_attention_gradients_equal_the_ops_formula():
+    """The backend's form (torch: SDPA) has the gradients of the formula
+    written with `keras.ops`, for queries, keys and values."""
+    query, key, value = qkv(2, 3, 6, seed=5)
+    keys, values = _heads_first(key), _heads_first(value)
+    mask = np.tril(np.ones((3, 6), bool), k=3)[None, None]
+
+    def formula(query, keys, values):
+        logits = keras.ops.einsum("bqnh,bnkh->bnqk", query, keys) * 0.3
+        probs = keras.ops.softmax(keras.ops.where(mask, logits, -1e9), axis=-1)
+        return keras.ops.einsum("bnqk,bnkh->bqnh", probs, values)
+
+    actual = _gradients(
+        lambda q, k, v: attention_kernel.cached_attention(q, k, v, mask, 0.3), query, keys, values
+    )
+    expected = _gradients(formula, query, keys, values)
+    for ours, theirs in zip(actual, expected):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs), atol=1e-5)
