@@ -100,6 +100,9 @@ def cached_attention(query, keys, values, mask, scale):
             scale=scale,
         )
         return attended.transpose(1, 2)
+    # `_attend` over heads-first keys, with the query turned heads-first too:
+    # JAX batch-1 decoding 1.03x over einsums on the `(batch, q, ...)` query
+    # (4 of 4 alternated processes, benchmarks/NOTES.md).
     query = ops.transpose(query, (0, 2, 1, 3))  # (batch, heads, q, head_dim)
     logits = ops.einsum("bnqh,bnkh->bnqk", query, keys) * ops.cast(scale, query.dtype)
     logits = ops.where(ops.cast(mask, "bool"), logits, ops.cast(-1e9, logits.dtype))

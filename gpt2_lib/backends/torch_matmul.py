@@ -115,8 +115,9 @@ def _exact_float_products(rows, kernel):
     """Exact int32 `rows @ kernel` for int8 `(m, k)` rows and an int8 `(k, n)` kernel view.
 
     The kernel is converted to float32 a block of columns at a time and
-    multiplied by `matmul` (on the GEMM it picks for float32); contractions longer than `_EXACT_FLOAT32_TERMS`
-    are split and their exact partial sums added in float64.
+    multiplied by `matmul` (on the GEMM it picks for float32); contractions
+    longer than `_EXACT_FLOAT32_TERMS` are split and their exact partial sums
+    added in float64.
     """
     import torch
 
