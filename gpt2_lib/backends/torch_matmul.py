@@ -103,6 +103,27 @@ def int8_on_int_mm():
     return bool(torch.cpu._is_vnni_supported() or torch.cpu._is_amx_tile_supported())
 
 
+@functools.cache
+def int8_on_amx():
+    """Whether oneDNN's int8 GEMM runs on AMX here.
+
+    There `torch._int_mm(rows, kernel)` re-packs the kernel for its AMX
+    tiles at every call: on a 2-core Xeon, one row times a column-major
+    `(768, 3072)` int8 kernel took 104 us, where the same GEMM limited to
+    VNNI (`ONEDNN_MAX_CPU_ISA`, process-wide) takes 18. With the kernel's
+    `(n, k)` rows as the first operand, `_int_mm(kernel.T, rows.T)`, it
+    takes 52 us, and 56-98 from 2 to 64 rows (against 111-147); the tied LM
+    head 1.37 ms instead of 1.99 (`benchmarks/NOTES.md`). A VNNI-only CPU
+    is faster the usual way round from 8 rows (69 vs 111 us).
+    """
+    import os
+
+    import torch
+
+    isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
+    return bool(torch.cpu._is_amx_tile_supported()) and (isa == "ALL" or "AMX" in isa)
+
+
 # Products of int8 values are at most 127 * 127 in magnitude, so a float32 sum
 # of up to 1040 of them is an integer below 2**24: exact, in any order.
 _EXACT_FLOAT32_TERMS = 2**24 // (127 * 127)
@@ -159,9 +180,12 @@ def int8_products(rows, kernel, transposed=False):
     kernel = kernel.t() if transposed else kernel
     if rows.shape[0] == 0:
         return torch.zeros((0, kernel.shape[1]), dtype=torch.int32)
-    if int8_on_int_mm():
-        return torch._int_mm(rows, kernel)
-    return _exact_float_products(rows, kernel)
+    if not int8_on_int_mm():
+        return _exact_float_products(rows, kernel)
+    if kernel.stride(0) == 1 and int8_on_amx():
+        # The kernel's `(n, k)` rows first: see `int8_on_amx`.
+        return torch._int_mm(kernel.t(), rows.t()).t().contiguous()
+    return torch._int_mm(rows, kernel)
 
 
 # Rows from which MKL's product over a transposed kernel loses to oneDNN's on

@@ -194,16 +194,18 @@ def test_generation_products_on_onednn_for_float32(products, dtype, uses_onednn)
                                       got["token_ids"])
 
 
-@pytest.mark.parametrize("int_mm", [True, False])
+@pytest.mark.parametrize("int_mm,amx", [(True, False), (True, True), (False, False)])
 @pytest.mark.parametrize("transposed", [False, True])
 @pytest.mark.parametrize("rows,terms", [(1, 64), (3, 64), (2, 3072), (0, 64)])
-def test_int8_products_are_exact_int32_sums(monkeypatch, int_mm, transposed, rows, terms):
-    """Both ways (`torch._int_mm`; float32 products in blocks of columns, the
-    contraction split past 1040 terms) give the exact sums, even saturated
-    ones far beyond float32's 2**24."""
+def test_int8_products_are_exact_int32_sums(monkeypatch, int_mm, amx, transposed, rows, terms):
+    """Every way (`torch._int_mm` rows first, or kernel first as on AMX;
+    float32 products in blocks of columns, the contraction split past 1040
+    terms) gives the exact sums, even saturated ones far beyond float32's
+    2**24."""
     import torch
 
     monkeypatch.setattr(torch_matmul, "int8_on_int_mm", lambda: int_mm)
+    monkeypatch.setattr(torch_matmul, "int8_on_amx", lambda: amx)
     monkeypatch.setattr(torch_matmul, "_FLOAT_BLOCK_ELEMENTS", 8 * terms)  # 8 columns a block
     generator = torch.Generator().manual_seed(rows + terms)
     x = torch.randint(-127, 128, (rows, terms), dtype=torch.int8, generator=generator)
@@ -214,7 +216,7 @@ def test_int8_products_are_exact_int32_sums(monkeypatch, int_mm, transposed, row
         kernel[0, 0] = 126
     stored = kernel.t().contiguous() if transposed else kernel  # a tied table is (vocab, hidden)
     products = torch_matmul.int8_products(x, stored, transposed=transposed)
-    assert products.dtype == torch.int32
+    assert products.dtype == torch.int32 and products.is_contiguous()
     expected = x.long() @ kernel.long()
     np.testing.assert_array_equal(products.long().numpy(), expected.numpy())
     if rows and terms == 3072:
