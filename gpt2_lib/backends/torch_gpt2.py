@@ -232,8 +232,8 @@ class TorchBlocks:
         """Keras' int8 input quantization: per row, absmax, epsilon 1e-7."""
         rows = rows.float()
         scale = 127.0 / (rows.abs().amax(dim=-1, keepdim=True) + 1e-7)
-        quantized = self.torch.clamp(self.torch.round(rows * scale), -127, 127)
-        return quantized.to(self.torch.int8), scale
+        # |rows * scale| < 127.5, so Keras' clamp to [-127, 127] changes nothing.
+        return self.torch.round(rows * scale).to(self.torch.int8), scale
 
     def _linear(self, rows, linear, quantized=None):
         """`rows @ kernel + bias` for `(rows, in)`, as the Keras layer computes it.
@@ -248,8 +248,10 @@ class TorchBlocks:
         # Keras' int8 layers: int8 inputs, exact int32 products, both scales.
         rows_int8, inputs_scale = quantized or self._quantize(rows)
         products = torch_matmul.int8_products(rows_int8, linear.kernel).to(rows.dtype)
-        outputs = products / (inputs_scale * linear.scale).to(rows.dtype)
-        return outputs if linear.bias is None else outputs + linear.bias
+        denominator = (inputs_scale * linear.scale).to(rows.dtype)
+        if linear.bias is None:
+            return products / denominator
+        return self.torch.addcdiv(linear.bias, products, denominator)  # bias + products / d
 
     def _attend(self, query, key, value, attention_mask, cache, index, layer):
         """`(batch, seq, heads, head_dim)` attention output, writing the cache."""
