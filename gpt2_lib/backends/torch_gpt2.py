@@ -110,12 +110,14 @@ class _Block(NamedTuple):
 
 
 def _column_major(variable, columns):
-    """An int8 kernel as an `(in, out)` matrix stored column by column.
+    """A kernel as an `(in, out)` matrix stored column by column.
 
     `torch._int_mm` multiplies one row by a column-major int8 matrix ~2.7x
-    faster than by a row-major one (same speed from 8 rows on;
-    `benchmarks/NOTES.md`). The variable keeps its shape and values; only
-    its storage order changes, once, in place (no second copy is kept).
+    faster than by a row-major one (same speed from 8 rows on), and on AMX
+    int8 and bfloat16 products take a column-major kernel first
+    (`torch_matmul.on_amx`; `benchmarks/NOTES.md`). The variable keeps its
+    shape and values; only its storage order changes, once, in place (no
+    second copy is kept).
     """
     tensor = ops.convert_to_tensor(variable)
     matrix = tensor.detach().reshape(-1, columns)
@@ -189,7 +191,19 @@ class TorchBlocks:
             scale = ops.convert_to_tensor(dense.kernel_scale).detach().float().reshape(-1)
             return _Linear(_column_major(dense._kernel, scale.shape[0]), bias, scale)
         # GPT-2's projections all have a bias over their output units.
+        if self._column_major_half(dense):
+            return _Linear(_column_major(dense._kernel, bias.shape[0]), bias)
         return _Linear(self._value(dense.kernel).reshape(-1, bias.shape[0]), bias)
+
+    def _column_major_half(self, dense):
+        """Whether generation re-lays this float kernel column-major (bfloat16 on AMX)."""
+        return (
+            self.for_generation
+            and self.dtype == self.torch.bfloat16
+            and not getattr(dense, "lora_enabled", False)
+            and keras.backend.standardize_dtype(dense._kernel.dtype) == "bfloat16"
+            and torch_matmul.on_amx()
+        )
 
     def _read(self):
         blocks = []

@@ -104,17 +104,21 @@ def int8_on_int_mm():
 
 
 @functools.cache
-def int8_on_amx():
-    """Whether oneDNN's int8 GEMM runs on AMX here.
+def on_amx():
+    """Whether oneDNN's int8 and bfloat16 GEMMs run on AMX here.
 
-    There `torch._int_mm(rows, kernel)` re-packs the kernel for its AMX
-    tiles at every call: on a 2-core Xeon, one row times a column-major
-    `(768, 3072)` int8 kernel took 104 us, where the same GEMM limited to
-    VNNI (`ONEDNN_MAX_CPU_ISA`, process-wide) takes 18. With the kernel's
-    `(n, k)` rows as the first operand, `_int_mm(kernel.T, rows.T)`, it
-    takes 52 us, and 56-98 from 2 to 64 rows (against 111-147); the tied LM
-    head 1.37 ms instead of 1.99 (`benchmarks/NOTES.md`). A VNNI-only CPU
-    is faster the usual way round from 8 rows (69 vs 111 us).
+    There they re-pack their second operand for the AMX tiles at every
+    call, so a product of a few rows by a kernel is faster with the
+    kernel's `(n, k)` rows first, `(kernel.T @ rows.T).T`, when those rows
+    are contiguous (a column-major kernel, a tied table). On a 2-core Xeon:
+    int8 (`torch._int_mm`), one row by a column-major `(768, 3072)` kernel,
+    104 -> 52 us, 2-64 rows 111-147 -> 56-98 us, the tied LM head 1.99 ->
+    1.37 ms (the same GEMM held to VNNI by `ONEDNN_MAX_CPU_ISA` takes 18 us;
+    there the usual order is faster from 8 rows, 69 vs 111 us); bfloat16,
+    weights read from memory, one row 309 -> 227 us at GPT-2 base's widths
+    and 1416 -> 914 at XL's, 8 rows 271 -> 177 and 1435 -> 614, the LM head
+    at 8 rows 5.4 -> 3.0 ms (float16 is slower that way: not used). See
+    `benchmarks/NOTES.md`.
     """
     import os
 
@@ -122,6 +126,11 @@ def int8_on_amx():
 
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "ALL").upper()
     return bool(torch.cpu._is_amx_tile_supported()) and (isa == "ALL" or "AMX" in isa)
+
+
+def _kernel_first(kernel):
+    """Whether to multiply with `kernel`'s `(n, k)` rows first (see `on_amx`)."""
+    return kernel.t().is_contiguous() and on_amx()
 
 
 # Products of int8 values are at most 127 * 127 in magnitude, so a float32 sum
@@ -182,8 +191,7 @@ def int8_products(rows, kernel, transposed=False):
         return torch.zeros((0, kernel.shape[1]), dtype=torch.int32)
     if not int8_on_int_mm():
         return _exact_float_products(rows, kernel)
-    if kernel.stride(0) == 1 and int8_on_amx():
-        # The kernel's `(n, k)` rows first: see `int8_on_amx`.
+    if _kernel_first(kernel):
         return torch._int_mm(kernel.t(), rows.t()).t().contiguous()
     return torch._int_mm(rows, kernel)
 
@@ -240,7 +248,8 @@ def matmul(rows, kernel, bias=None):
 
     Differentiable in all three. Other tensors (bfloat16, off the CPU, no
     rows, no oneDNN) and the products `_on_onednn` leaves to MKL on an Intel
-    CPU take `torch.addmm` / `@`.
+    CPU take `torch.addmm` / `@`; without gradients, a column-major
+    bfloat16 kernel goes first on AMX (`on_amx`).
 
     Args:
         rows: `(rows, in)` tensor.
@@ -263,6 +272,10 @@ def matmul(rows, kernel, bias=None):
     gradients = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
     # oneDNN has no empty product
     if rows.shape[0] == 0 or not supports(*operands) or not _on_onednn(rows, kernel, gradients):
+        if not gradients and rows.dtype == torch.bfloat16 and _kernel_first(kernel):
+            if bias is None:
+                return (kernel.t() @ rows.t()).t()
+            return torch.addmm(bias[:, None], kernel.t(), rows.t()).t()
         return rows @ kernel if bias is None else torch.addmm(bias, rows, kernel)
     if not gradients:
         return _product(rows, kernel.t(), bias)  # no autograd node to pay for (generation)

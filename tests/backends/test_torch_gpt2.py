@@ -126,9 +126,15 @@ def test_keras_path_when_the_fast_path_cannot_match(count_fast):
     assert count_fast == []
 
 
-@pytest.mark.parametrize("dtype, atol", [("float32", 1e-5), ("bfloat16", 0.1)])
-def test_cached_steps_equal_keras_cached_steps(dtype, atol):
-    """Prompt chunk then one-token steps: logits and cache as the Keras layers."""
+@pytest.mark.parametrize(
+    "dtype, atol, amx", [("float32", 1e-5, False), ("bfloat16", 0.1, False), ("bfloat16", 0.1, True)]
+)
+def test_cached_steps_equal_keras_cached_steps(monkeypatch, dtype, atol, amx):
+    """Prompt chunk then one-token steps: logits and cache as the Keras layers
+    (bfloat16 also with AMX's column-major kernels taken first)."""
+    from gpt2_lib.backends import torch_matmul
+
+    monkeypatch.setattr(torch_matmul, "on_amx", lambda: amx)
     backbone = _backbone(dtype=dtype)
     lm = GPT2CausalLM(backbone)
     blocks = _generation_blocks(lm)
@@ -247,17 +253,38 @@ def test_int8_generation_runs_int8_products(monkeypatch):
     assert len(calls) == 6 * 2 + 2 * (6 * 2 + 1)
 
 
-def test_int8_layout_change_keeps_values_and_saves(tmp_path):
-    """The fast path stores int8 kernels column-major: same values, same presets."""
-    backbone = _backbone()
-    backbone.quantize("int8")
+@pytest.mark.parametrize("mode", ["int8", "bfloat16"])
+def test_layout_change_keeps_values_and_saves(monkeypatch, tmp_path, mode):
+    """The fast path stores int8 kernels column-major (bfloat16 ones too on
+    AMX): same values, same presets, and a bfloat16 model trains after."""
+    from gpt2_lib.backends import torch_matmul
+
+    monkeypatch.setattr(torch_matmul, "on_amx", lambda: True)
+    backbone = _backbone(dtype="bfloat16" if mode == "bfloat16" else "float32")
+    if mode == "int8":
+        backbone.quantize("int8")
     before = {v.path: keras.ops.convert_to_numpy(v).copy() for v in backbone.weights}
     lm = GPT2CausalLM(backbone)
-    lm.generation_blocks()
+    if lm.generation_blocks() is None:
+        return
+    dense = next(e.layer for e in backbone.weight_table()
+                 if e.block == 0 and e.role == "feedforward_intermediate_dense")
+    kernel = keras.ops.convert_to_tensor(dense._kernel)
+    assert kernel.stride(0) == 1  # column-major
     after = {v.path: keras.ops.convert_to_numpy(v) for v in backbone.weights}
     assert before.keys() == after.keys()
     for path in before:
         np.testing.assert_array_equal(before[path], after[path])
+    backbone.save_to_preset(str(tmp_path / "preset"))
+    loaded = GPT2Backbone.from_preset(str(tmp_path / "preset"))
+    for variable in loaded.weights:
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), before[variable.path])
+    if mode == "bfloat16":  # a training step on the re-laid variables
+        # SGD: Keras' Adam leaves bfloat16 variables unchanged (0.999 rounds to 1 there).
+        lm.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy")
+        ids = np.random.default_rng(0).integers(0, 100, (2, 6)).astype("int32")
+        lm.fit({"token_ids": ids, "padding_mask": np.ones_like(ids)}, ids, epochs=1, verbose=0)
+        assert not np.array_equal(keras.ops.convert_to_numpy(dense._kernel), before[dense._kernel.path])
 
 
 @pytest.mark.parametrize(

@@ -205,7 +205,7 @@ def test_int8_products_are_exact_int32_sums(monkeypatch, int_mm, amx, transposed
     import torch
 
     monkeypatch.setattr(torch_matmul, "int8_on_int_mm", lambda: int_mm)
-    monkeypatch.setattr(torch_matmul, "int8_on_amx", lambda: amx)
+    monkeypatch.setattr(torch_matmul, "on_amx", lambda: amx)
     monkeypatch.setattr(torch_matmul, "_FLOAT_BLOCK_ELEMENTS", 8 * terms)  # 8 columns a block
     generator = torch.Generator().manual_seed(rows + terms)
     x = torch.randint(-127, 128, (rows, terms), dtype=torch.int8, generator=generator)
@@ -221,3 +221,26 @@ def test_int8_products_are_exact_int32_sums(monkeypatch, int_mm, amx, transposed
     np.testing.assert_array_equal(products.long().numpy(), expected.numpy())
     if rows and terms == 3072:
         assert expected[0, 0] > 2**25  # float32 holds only multiples of 4 there
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("amx", [False, True])
+def test_bfloat16_products_equal_addmm_either_way_round(monkeypatch, rows, bias, amx):
+    """bfloat16 without gradients: a column-major kernel goes first on AMX
+    (`(kernel.T @ rows.T).T`), a row-major one never; both equal `addmm` in
+    float32 within bfloat16 rounding."""
+    import torch
+
+    monkeypatch.setattr(torch_matmul, "on_amx", lambda: amx)
+    generator = torch.Generator().manual_seed(rows)
+    x = torch.randn((rows, 96), generator=generator).bfloat16()
+    stored = torch.randn((40, 96), generator=generator).bfloat16()  # (out, in): column-major kernel
+    b = torch.randn((40,), generator=generator).bfloat16() if bias else None
+    expected = x.float() @ stored.float().t() + (b.float() if bias else 0)
+    for kernel in (stored.t(), stored.t().contiguous()):
+        got = torch_matmul.matmul(x, kernel, b)
+        assert got.shape == (rows, 40) and got.dtype == torch.bfloat16
+        torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=0.1)
+    assert torch_matmul._kernel_first(stored.t()) == amx
+    assert not torch_matmul._kernel_first(stored.t().contiguous())
