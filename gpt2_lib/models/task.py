@@ -10,6 +10,7 @@ from gpt2_lib.backends import tf_data
 from gpt2_lib.models import distributed_data
 from gpt2_lib.models import distribution as layouts
 from gpt2_lib.models import lora
+from gpt2_lib.optimizers import adam
 from gpt2_lib.utils import distribution as dist
 from gpt2_lib.utils.classproperty import classproperty
 from gpt2_lib.utils import quantization
@@ -438,9 +439,12 @@ class Task(keras.Model):
         Under a `keras.distribution` (JAX) every process passes the same
         (global) data; each feeds the rows of its devices, and a batch whose
         size the batch axis does not divide is padded with rows that weigh
-        nothing (see `gpt2_lib.models.distributed_data`).
+        nothing (see `gpt2_lib.models.distributed_data`). bfloat16 trainable
+        weights with Keras' `Adam`/`AdamW` are refused: their updates would
+        all be 0 (`gpt2_lib.optimizers.adam.check_updates`).
         """
         _check_not_empty(x)
+        adam.check_updates(self.optimizer, self.trainable_variables)
         self._drop_stale_functions()
         distribution = self._distribution()
         if distribution is not None:

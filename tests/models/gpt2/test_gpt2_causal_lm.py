@@ -458,13 +458,29 @@ def test_lora_fit_trains_only_adapters():
 
 
 def test_bfloat16_generate_and_fit():
+    """bfloat16 weights train with an optimizer that updates them; Keras'
+    AdamW (the default) would leave them unchanged, so `fit` refuses it and
+    names `mixed_bfloat16`, which trains."""
+
+    def trains(lm):
+        before = [keras.ops.convert_to_numpy(keras.ops.cast(v, "float32")) for v in lm.trainable_variables]
+        history = lm.fit(TEXTS, batch_size=2, epochs=1, verbose=0)
+        assert np.isfinite(history.history["loss"]).all()
+        after = [keras.ops.convert_to_numpy(keras.ops.cast(v, "float32")) for v in lm.trainable_variables]
+        return any(not np.array_equal(a, b) for a, b in zip(after, before))
+
     lm = string_lm(dtype="bfloat16")
     assert lm.dtype_policy.name == "bfloat16"
     lm.compile(sampler="greedy")
-    history = lm.fit(TEXTS, batch_size=2, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"]).all()
+    with pytest.raises(ValueError, match="dtype='mixed_bfloat16'"):
+        lm.fit(TEXTS, batch_size=2, epochs=1, verbose=0)
+    lm.compile(optimizer=keras.optimizers.SGD(0.5), sampler="greedy")
+    assert trains(lm)
     text = lm.generate("the cat", max_length=LENGTH)
     assert text.startswith("the cat")
+    mixed = string_lm(dtype="mixed_bfloat16")
+    mixed.compile(sampler="greedy")
+    assert trains(mixed)
 
 
 def test_config_round_trip_and_save_to_preset(tmp_path):
