@@ -6,6 +6,7 @@ import pytest
 
 from gpt2_lib.backends import attention as attention_kernel
 from gpt2_lib.backends.attention import dot_product_attention
+from tests.backends.gradients import squared_sum_gradients
 
 
 def reference_attention(query, key, value, mask, scale, is_causal):
@@ -249,28 +250,6 @@ def test_cached_attention_equals_reference(query_length):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(actual), expected, atol=2e-5)
 
 
-def _gradients(function, *arrays):
-    """Gradients of `sum(function(*arrays) ** 2)` with respect to each array."""
-    backend = keras.config.backend()
-    if backend == "jax":
-        import jax
-
-        return jax.grad(lambda *a: (function(*a) ** 2).sum(), argnums=tuple(range(len(arrays))))(*arrays)
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        tensors = [tf.constant(a) for a in arrays]
-        with tf.GradientTape() as tape:
-            tape.watch(tensors)
-            loss = tf.reduce_sum(function(*tensors) ** 2)
-        return tape.gradient(loss, tensors)
-    import torch
-
-    tensors = [torch.tensor(a, requires_grad=True) for a in arrays]
-    (function(*tensors) ** 2).sum().backward()
-    return [t.grad for t in tensors]
-
-
 def test_cached_attention_gradients_equal_the_ops_formula():
     """The backend's form (torch: SDPA) has the gradients of the formula
     written with `keras.ops`, for queries, keys and values."""
@@ -283,9 +262,9 @@ def test_cached_attention_gradients_equal_the_ops_formula():
         probs = keras.ops.softmax(keras.ops.where(mask, logits, -1e9), axis=-1)
         return keras.ops.einsum("bnqk,bnkh->bqnh", probs, values)
 
-    actual = _gradients(
+    actual = squared_sum_gradients(
         lambda q, k, v: attention_kernel.cached_attention(q, k, v, mask, 0.3), query, keys, values
     )
-    expected = _gradients(formula, query, keys, values)
+    expected = squared_sum_gradients(formula, query, keys, values)
     for ours, theirs in zip(actual, expected):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), keras.ops.convert_to_numpy(theirs), atol=1e-5)

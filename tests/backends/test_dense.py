@@ -10,6 +10,7 @@ from gpt2_lib.backends import dense as dense_module
 from gpt2_lib.backends.dense import dense
 from gpt2_lib.backends.dense import dense_on_rows
 from gpt2_lib.backends.dense import reverse_embedding
+from tests.backends.gradients import squared_sum_gradients
 
 XLA = keras.config.backend() in ("jax", "tensorflow")
 
@@ -48,25 +49,7 @@ def test_dense_equals_the_layer(name, mode):
 
 def _input_gradient(fn, x):
     """The gradient of `sum(fn(x) ** 2)` with respect to `x`, as numpy."""
-    if keras.config.backend() == "jax":
-        import jax
-
-        gradient = jax.grad(lambda x: (fn(x) ** 2).sum())(x)
-    elif keras.config.backend() == "tensorflow":
-        import tensorflow as tf
-
-        t = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(t)
-            value = tf.reduce_sum(fn(t) ** 2)
-        gradient = tape.gradient(value, t)
-    else:
-        import torch
-
-        t = torch.tensor(x, requires_grad=True)
-        (fn(t) ** 2).sum().backward()
-        gradient = t.grad
-    return keras.ops.convert_to_numpy(gradient)
+    return squared_sum_gradients(fn, x)[0]
 
 
 def test_int8_gradient_equals_keras():
