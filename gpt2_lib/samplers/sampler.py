@@ -171,9 +171,13 @@ class Sampler:
 
         On JAX a loop body must be a pure function: the sampler's seed
         generator states become loop variables, and the model's variables are
-        mapped to their current values inside a `keras.StatelessScope`.
+        mapped to their current values inside a `keras.StatelessScope`. The
+        same within a `StatelessScope` on TensorFlow (a generate function
+        that takes its weights as arguments): a seed state assigned in the
+        loop body would be recorded in the scope, out of the loop's reach.
         """
-        if keras.config.backend() != "jax" or not self.variables:
+        threaded = keras.config.backend() == "jax" or _in_stateless_scope()
+        if not threaded or not self.variables:
             return ops.while_loop(
                 cond, body, loop_vars=loop_vars, maximum_iterations=maximum_iterations
             )
@@ -226,3 +230,11 @@ class Sampler:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _in_stateless_scope():
+    try:
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+    except ImportError:  # another Keras: as outside one
+        return False
+    return in_stateless_scope()
