@@ -42,6 +42,12 @@ Seven measured gains, all computing what the Keras layer computes:
   215.4), and trains at 342 tok/s instead of 305; GPT-2 XL decodes at 4.6
   tok/s instead of 2.6 (float32: 6.5; at XL's widths YNNPACK's two-row
   bfloat16 product is bound by arithmetic, not memory; `benchmarks/NOTES.md`).
+  The same in TensorFlow's XLA (`BatchMatMulV3` with a float32 result,
+  which TensorFlow has no kernel of its own for, so only within
+  `tensorflow_xla`, which its generate function enters): eight XL-width
+  products of two rows 21.5 ms instead of 46.5 widened; GPT-2 base bfloat16
+  decodes 157.6 tok/s at batch 8 where it did 123, GPT-2 XL 2.1 where it
+  did 1.7, peaking at 4.3 GB instead of 10.9.
 * float32 layers on torch on a CPU (`_float32_on_torch_cpu`) multiply on
   oneDNN (`torch_matmul`), ~2x MKL's float32 GEMM on an AMD EPYC.
 * int4 layers in groups, dequantized by broadcasting each group's scale
@@ -65,6 +71,9 @@ Seven measured gains, all computing what the Keras layer computes:
   the kernel as stored. GPT-2 base generation's temporaries at batch 1:
   38.5 -> 10.6 MB; its speed is unchanged (within 1-4%).
 """
+
+import contextlib
+import contextvars
 
 import keras
 from keras import ops
@@ -129,10 +138,9 @@ def _one_row_as_two(product, rows):
 def _products_as_stored(rows, kernel, transposed, accumulation):
     """`rows @ kernel`, the kernel read as stored (torch: `torch_matmul.int8_products`).
 
-    An int8 (`accumulation="int32"`) or, on JAX, half-precision
-    (`"float32"`) dot of at least 2 rows runs on XLA:CPU's multi-threaded
-    GEMMs (YNNPACK on JAX, Eigen on TensorFlow), which read the kernel as
-    stored; a single row (batch-1 decoding) is instead converted to wider
+    An int8 (`accumulation="int32"`) or half-precision (`"float32"`) dot
+    of at least 2 rows runs on XLA:CPU's multi-threaded GEMMs (YNNPACK on
+    JAX, Eigen on TensorFlow), which read the kernel as stored; a single row (batch-1 decoding) is instead converted to wider
     copies (JAX) or looped on one core (TensorFlow), so it is padded with
     a zero row. A tied embedding (`transposed`, stored `(n, k)`) is
     contracted on its last axis as stored: given a transposed table, XLA
@@ -142,7 +150,9 @@ def _products_as_stored(rows, kernel, transposed, accumulation):
     """
     if keras.config.backend() == "torch":
         return torch_matmul.int8_products(rows, kernel, transposed)
-    if keras.config.backend() == "tensorflow":
+    if keras.config.backend() == "tensorflow" and accumulation == "float32":
+        product = _tensorflow_half_product(kernel, transposed)
+    elif keras.config.backend() == "tensorflow":
         import tensorflow as tf
 
         def product(rows):
@@ -164,12 +174,59 @@ def _products_as_stored(rows, kernel, transposed, accumulation):
     return _one_row_as_two(product, rows)
 
 
+def _tensorflow_half_product(kernel, transposed):
+    """`rows -> rows @ kernel` in float32 for half-precision operands, as
+    `BatchMatMulV3` with a float32 result (the dot XLA runs on the kernel as
+    stored), with the gradients of Keras' half-precision product."""
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def product(rows, kernel):
+        outputs = tf.raw_ops.BatchMatMulV3(x=rows, y=kernel, adj_y=transposed, Tout=tf.float32)
+
+        def grad(upstream):
+            upstream = tf.cast(upstream, rows.dtype)
+            rows_grad = tf.matmul(upstream, kernel, transpose_b=not transposed)
+            if transposed:  # the kernel is stored (out, in)
+                return rows_grad, tf.matmul(upstream, rows, transpose_a=True)
+            return rows_grad, tf.matmul(rows, upstream, transpose_a=True)
+
+        return outputs, grad
+
+    return lambda rows: product(rows, kernel)
+
+
+_TENSORFLOW_XLA = contextvars.ContextVar("gpt2_lib_tensorflow_xla", default=False)
+
+
+@contextlib.contextmanager
+def tensorflow_xla():
+    """Marks code traced for a TensorFlow function compiled with XLA.
+
+    There, half-precision products take XLA's dot with a float32 result
+    (`supports_half`), which TensorFlow has no kernel of its own for.
+    `CausalLM`'s TensorFlow generate function enters it.
+    """
+    token = _TENSORFLOW_XLA.set(True)
+    try:
+        yield
+    finally:
+        _TENSORFLOW_XLA.reset(token)
+
+
 def supports_half(layer):
-    """True for a bfloat16/float16 layer on JAX on a CPU that is not quantized."""
-    if keras.config.backend() != "jax" or layer.compute_dtype not in HALF_PRECISION:
+    """True for a bfloat16/float16 layer that is not quantized, on JAX on a
+    CPU or in TensorFlow's XLA on a CPU (within `tensorflow_xla`)."""
+    if keras.config.backend() not in ("jax", "tensorflow"):
+        return False
+    if layer.compute_dtype not in HALF_PRECISION:
         return False
     if getattr(layer, "quantization_mode", None) is not None:
         return False
+    if keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return _TENSORFLOW_XLA.get() and not tf.config.list_physical_devices("GPU")
     import jax
 
     return jax.default_backend() == "cpu"
@@ -185,7 +242,7 @@ def _half_products(rows, kernel, transposed=False):
     and both accumulate in float32; the sum's order may differ, so the
     half-precision result may differ in its last bit.
     """
-    return _products_as_stored(rows, kernel, transposed, "float32").astype(rows.dtype)
+    return ops.cast(_products_as_stored(rows, kernel, transposed, "float32"), rows.dtype)
 
 
 def _flattened(layer, inputs, kernel):
@@ -267,7 +324,8 @@ def dense(layer, inputs):
 
     Int8 layers take exact int8 products (XLA-friendly on JAX/TensorFlow),
     int4 ones on JAX/TensorFlow a gather-free dequantization (`supports_int4`),
-    half-precision ones on JAX on a CPU YNNPACK's GEMM (`supports_half`),
+    half-precision ones on JAX on a CPU or in TensorFlow's XLA a dot with a
+    float32 result that reads the kernel as stored (`supports_half`),
     float32 ones on torch on a CPU oneDNN's (`torch_matmul`), a single
     row on TensorFlow a product of two rows (`_one_row_on_tensorflow`),
     and float ones contracting several axes on JAX a product of 2D rows

@@ -31,13 +31,14 @@ half-precision select is itself widened, and hoisted), so they enter the
 generate function as zero-copy `uint16` views (`carry_in`) that XLA's
 bitcasts fold into. Float32 weights and other platforms are untouched.
 
-On TensorFlow (XLA) half-precision weights are fenced the same way,
-kernels included (TensorFlow's XLA widens them before its products, and
-hoisted the widened copies): `CausalLM`'s TensorFlow generate function
-takes them as zero-copy `uint16` bits when the model has any, and the tied
+On TensorFlow (XLA) half-precision weights are fenced the same way (XLA
+hoisted widened float32 copies of all of them out of the loops):
+`CausalLM`'s TensorFlow generate function takes them as zero-copy `uint16`
+bits when the model has any, its projection kernels are multiplied as
+stored (`dense.supports_half` within `dense.tensorflow_xla`), and the tied
 LM head goes a chunk at a time as on JAX. GPT-2 base bfloat16 generation
-peaks at 761 MB instead of 1487 (medium: 1490 instead of 3151), decoding
-as fast (batch 8: 129 vs 123 tok/s), with a first call ~1 s longer.
+peaks at ~700 MB instead of 1487 and decodes 1.28x faster at batch 8;
+GPT-2 XL at 4.3 GB instead of 10.9 (`benchmarks/NOTES.md`).
 Its int4 layers' variables are fenced too:
 XLA hoisted every int4 kernel's and the tied table's dequantized float32
 copy out of the decode loop, so int4 generation of GPT-2 base held more
@@ -83,17 +84,18 @@ def _is_half(variable):
 
 
 def _read_as_stored(variable):
-    """A half-precision projection kernel on JAX: `dense` multiplies it on
-    YNNPACK as stored, so nothing widened from it can be hoisted (a fenced
-    copy of it would cost a write and a read of its bytes on every step).
-    TensorFlow's XLA widens it before its product like any other."""
-    return keras.config.backend() == "jax" and _is_half(variable) and variable.name == "kernel"
+    """A half-precision projection kernel: `dense` multiplies it as stored
+    (YNNPACK's GEMM on JAX), so nothing widened from it can be hoisted (a
+    fenced copy of it would cost a write and a read of its bytes on every
+    step)."""
+    return _is_half(variable) and variable.name == "kernel"
 
 
 def _fenced(variable, int4_variables):
     """Whether `per_layer_weights` selects `variable` within a generate function."""
     if keras.config.backend() == "tensorflow":  # int8 unfenced: it halved decoding
-        return _is_half(variable) or any(variable is v for v in int4_variables)
+        half = _is_half(variable) and not _read_as_stored(variable)
+        return half or any(variable is v for v in int4_variables)
     return _is_low_precision(variable) and not _read_as_stored(variable)
 
 

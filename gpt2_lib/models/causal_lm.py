@@ -9,6 +9,7 @@ from keras import tree
 
 from gpt2_lib import optimizers
 from gpt2_lib import samplers as samplers_lib
+from gpt2_lib.backends import dense
 from gpt2_lib.backends import loop_weights
 from gpt2_lib.models import lora
 from gpt2_lib.models.generation_inputs import check_max_length
@@ -273,7 +274,7 @@ class CausalLM(Task):
 
         def stateless_generate(values, inputs, stop_token_ids):
             mapping = zip(variables, loop_weights.carry_out(values, variables))
-            with keras.StatelessScope(state_mapping=mapping) as scope:
+            with keras.StatelessScope(state_mapping=mapping) as scope, dense.tensorflow_xla():
                 outputs = self.generate_step(inputs, stop_token_ids)
             for variable in self.sampler.variables:  # e.g. a seed's advance
                 value = scope.get_current_value(variable)

@@ -224,6 +224,7 @@ def test_int8_under_xla_reads_the_kernel_as_stored(rows):
 
 
 JAX = keras.config.backend() == "jax"
+TF = keras.config.backend() == "tensorflow"
 jax_only = pytest.mark.skipif(not JAX, reason="YNNPACK's half-precision GEMM is XLA:CPU's (JAX)")
 HALF_STEP = {"bfloat16": 2.0**-8, "float16": 2.0**-11}  # half the spacing at 1
 
@@ -251,14 +252,31 @@ def _half_layers(dtype, rows):
     return {"query": query, "mlp": mlp}, {k: v.astype("float32") for k, v in inputs.items()}
 
 
+def _on_the_half_path(function):
+    """`function` where `dense` takes its half-precision products: as it is
+    on JAX; on TensorFlow under XLA within `tensorflow_xla` (TensorFlow has
+    no kernel of its own for a half-precision dot with a float32 result)."""
+    if not TF:
+        return function
+    import tensorflow as tf
+
+    def traced(*args):
+        with dense_module.tensorflow_xla():
+            return function(*args)
+
+    return tf.function(traced, jit_compile=True, autograph=False)
+
+
 @pytest.mark.parametrize("rows", [1, 2, 8])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 @pytest.mark.parametrize("name", ["query", "mlp"])
 def test_half_precision_dense_equals_the_layer(name, dtype, rows):
     layers, inputs = _half_layers(dtype, rows)
     layer, x = layers[name], inputs[name]
-    assert dense_module.supports_half(layer) == JAX
-    expected, actual = layer(x), dense(layer, x)
+    assert dense_module.supports_half(layer) == JAX  # TensorFlow: only under XLA
+    with dense_module.tensorflow_xla():
+        assert dense_module.supports_half(layer) == (JAX or TF)
+    expected, actual = layer(x), _on_the_half_path(lambda x: dense(layer, x))(x)
     assert keras.backend.standardize_dtype(actual.dtype) == dtype
     assert tuple(actual.shape) == tuple(expected.shape)
     _assert_half_close(actual, expected, dtype)
@@ -288,25 +306,60 @@ def test_half_precision_kernel_is_multiplied_as_stored(rows):
     assert temporaries(lambda x: dense(layer, x)) < widened // 8
 
 
-@jax_only
+@pytest.mark.skipif(not TF, reason="TensorFlow's XLA")
+@pytest.mark.parametrize("rows", [1, 8])
+def test_half_precision_kernel_is_multiplied_as_stored_in_tensorflow_xla(rows):
+    """TensorFlow's XLA widens the kernel for Keras' own product (a float32
+    kernel-shaped buffer in the optimized HLO); `dense` within
+    `tensorflow_xla` multiplies it as stored."""
+    import tensorflow as tf
+
+    layer = keras.layers.Dense(1024, dtype="bfloat16")
+    layer.build((None, 1024))
+    x = tf.ones((rows, 1024), "float32")
+
+    def widened_kernels(fn):
+        compiled = _on_the_half_path(fn)
+        compiled(x)
+        return compiled.experimental_get_compiler_ir(x)(stage="optimized_hlo").count("f32[1024,1024]")
+
+    assert widened_kernels(layer) > 0
+    assert widened_kernels(lambda x: dense(layer, x)) == 0
+
+
+@pytest.mark.skipif(not (JAX or TF), reason="the half-precision path is XLA's (JAX, TensorFlow)")
+@pytest.mark.parametrize("rows", [1, 8])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
-def test_half_precision_gradients_equal_keras(dtype):
-    import jax
-    import jax.numpy as jnp
+@pytest.mark.parametrize("name", ["query", "mlp"])
+def test_half_precision_gradients_equal_keras(name, dtype, rows):
+    layers, inputs = _half_layers(dtype, rows)
+    layer, x = layers[name], inputs[name]
+    if JAX:
+        import jax
+        import jax.numpy as jnp
 
-    layers, inputs = _half_layers(dtype, 8)
-    layer, x = layers["mlp"], inputs["mlp"]
-    values = [v.value for v in layer.trainable_variables]
+        values = [v.value for v in layer.trainable_variables]
 
-    def loss(fn):
-        def of(values, x):
-            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
-                return jnp.sum(fn(x).astype("float32") ** 2)
+        def gradients(fn):
+            def of(values, x):
+                with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+                    return jnp.sum(fn(x).astype("float32") ** 2)
 
-        return jax.grad(of, argnums=(0, 1))
+            grad_w, grad_x = jax.grad(of, argnums=(0, 1))(values, x)
+            return list(grad_w) + [grad_x]
 
-    (ours_w, ours_x), (theirs_w, theirs_x) = loss(lambda x: dense(layer, x))(values, x), loss(layer)(values, x)
-    for ours, theirs in zip(ours_w + [ours_x], theirs_w + [theirs_x]):
+    else:
+        import tensorflow as tf
+
+        def gradients(fn):
+            x_ = tf.convert_to_tensor(x)
+            with tf.GradientTape() as tape:
+                tape.watch(x_)
+                loss = tf.reduce_sum(tf.cast(fn(x_), "float32") ** 2)
+            return tape.gradient(loss, layer.trainable_variables + [x_])
+
+    ours = _on_the_half_path(lambda: gradients(lambda x: dense(layer, x)))()
+    for ours, theirs in zip(ours, gradients(layer)):
         assert ours.dtype == theirs.dtype
         _assert_half_close(ours, theirs, dtype)
 
@@ -316,7 +369,8 @@ def test_half_precision_dense_with_lora_equals_the_layer():
     layer = layers["mlp"]
     layer.enable_lora(2)
     layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 0.5))
-    _assert_half_close(dense(layer, inputs["mlp"]), layer(inputs["mlp"]), "bfloat16")
+    actual = _on_the_half_path(lambda x: dense(layer, x))(inputs["mlp"])
+    _assert_half_close(actual, layer(inputs["mlp"]), "bfloat16")
 
 
 @pytest.mark.parametrize("hidden_dtype", ["bfloat16", "float32"])
@@ -328,14 +382,14 @@ def test_half_precision_reverse_embedding_equals_the_layer(rows, hidden_dtype):
     layer = keras.layers.ReversibleEmbedding(300, 32, dtype="bfloat16")
     layer.build((None, None))
     hidden = keras.ops.cast(np.random.default_rng(2).normal(size=(rows, 2, 32)), hidden_dtype)
-    expected, actual = layer(hidden, reverse=True), reverse_embedding(layer, hidden)
+    expected = layer(hidden, reverse=True)
+    actual = _on_the_half_path(lambda hidden: reverse_embedding(layer, hidden))(hidden)
     assert actual.dtype == expected.dtype and tuple(actual.shape) == (rows, 2, 300)
     _assert_half_close(actual, expected, "bfloat16")
 
 
 # === One row on TensorFlow ===
 
-TF = keras.config.backend() == "tensorflow"
 tf_only = pytest.mark.skipif(not TF, reason="TensorFlow's XLA one-row loop")
 
 

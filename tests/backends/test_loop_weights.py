@@ -101,19 +101,18 @@ def _buffer(value):
 
 @xla_only
 def test_half_precision_weights_enter_the_function_without_a_copy():
-    """Selected on their bits (as zero-copy `uint16` views), except on JAX
-    the projection kernels, which `dense` multiplies as stored (unchanged)."""
+    """Selected on their bits (as zero-copy `uint16` views), except the
+    projection kernels, which `dense` multiplies as stored (unchanged)."""
     lm = causal_lm("bfloat16")
     variables = lm.trainable_variables
     carried = loop_weights.carry_in(variables)
     as_stored = 0
     for variable, bits in zip(variables, carried):
-        stored = BACKEND == "jax" and variable.name == "kernel"
+        stored = variable.name == "kernel"
         as_stored += stored
         assert keras.backend.standardize_dtype(bits.dtype) == ("bfloat16" if stored else "uint16")
         assert _buffer(bits) == _buffer(variable.value)
-    # JAX: query, key, value, output, two MLP kernels.
-    assert as_stored == (6 * CONFIG["num_layers"] if BACKEND == "jax" else 0)
+    assert as_stored == 6 * CONFIG["num_layers"]  # query, key, value, output, two MLP kernels
     back = loop_weights.carry_out(carried, variables)
     for variable, restored in zip(variables, back):
         assert keras.backend.standardize_dtype(restored.dtype) == variable.dtype
@@ -243,9 +242,10 @@ def test_tensorflow_generation_carries_no_widened_weights(dtype, quantize, monke
     lm = causal_lm(dtype, quantize)
     inputs = prompts()
     fenced = _carried_float_elements(lm, inputs)
-    with monkeypatch.context() as patch:
+    with monkeypatch.context() as patch:  # Keras' own products, unfenced
         patch.setattr(loop_weights, "supports", lambda layer: False)
         patch.setattr(loop_weights, "carry_in", lambda variables: [v.value for v in variables])
+        patch.setattr(dense, "supports_half", lambda layer: False)
         lm.generate_function = None
         plain = _carried_float_elements(lm, inputs)
     lm.generate_function = None
