@@ -140,9 +140,9 @@ def _products_as_stored(rows, kernel, transposed, accumulation):
 
     An int8 (`accumulation="int32"`) or half-precision (`"float32"`) dot
     of at least 2 rows runs on XLA:CPU's multi-threaded GEMMs (YNNPACK on
-    JAX, Eigen on TensorFlow), which read the kernel as stored; a single row (batch-1 decoding) is instead converted to wider
-    copies (JAX) or looped on one core (TensorFlow), so it is padded with
-    a zero row. A tied embedding (`transposed`, stored `(n, k)`) is
+    JAX, Eigen on TensorFlow), which read the kernel as stored; a single
+    row (batch-1 decoding) is instead converted to wider copies (JAX) or
+    looped on one core (TensorFlow), so it is padded with a zero row. A tied embedding (`transposed`, stored `(n, k)`) is
     contracted on its last axis as stored: given a transposed table, XLA
     materialises a transposed copy (TensorFlow: an int32 copy, +154 MB for
     GPT-2 base, hoisted out of `generate()`'s loop, and an int32 product
