@@ -57,6 +57,7 @@ import keras
 
 from gpt2_lib.backends.dense import HALF_PRECISION
 from gpt2_lib.backends.dense import reverse_embedding
+from gpt2_lib.utils.tensors import enclosing_stateless_scope
 
 _LOW_PRECISION = HALF_PRECISION + ("int8",)
 
@@ -94,8 +95,7 @@ def _read_as_stored(variable):
 def _fenced(variable, int4_variables):
     """Whether `per_layer_weights` selects `variable` within a generate function."""
     if keras.config.backend() == "tensorflow":  # int8 unfenced: it halved decoding
-        half = _is_half(variable) and not _read_as_stored(variable)
-        return half or any(variable is v for v in int4_variables)
+        return enters_as_bits(variable) or any(variable is v for v in int4_variables)
     return _is_low_precision(variable) and not _read_as_stored(variable)
 
 
@@ -133,7 +133,7 @@ def per_layer_weights(layers, layer_input):
     if not any(supports(layer) for layer in layers):
         yield
         return
-    enclosing = _enclosing_scope()
+    enclosing = enclosing_stateless_scope()
     if enclosing is None:
         if keras.config.backend() == "tensorflow":
             with _tensorflow_int4_fence(layers, layer_input):
@@ -217,7 +217,7 @@ def tied_logits(layer, hidden_states, chunk=4096):
     """
     table = layer.embeddings
     half = keras.backend.standardize_dtype(table.dtype) in HALF_PRECISION
-    enclosing = _enclosing_scope()
+    enclosing = enclosing_stateless_scope()
     value = None if enclosing is None else enclosing.get_current_value(table)
     if not (
         half and supports(layer) and value is not None and layer.tie_weights
@@ -350,11 +350,3 @@ def carry_out(values, variables):
         else value
         for value, variable in zip(values, variables)
     ]
-
-
-def _enclosing_scope():
-    try:
-        from keras.src.backend.common.stateless_scope import get_stateless_scope
-    except ImportError:  # another Keras: do nothing rather than guess
-        return None
-    return get_stateless_scope()

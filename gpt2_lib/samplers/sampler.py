@@ -4,6 +4,8 @@ import keras
 from keras import ops
 from keras import random
 
+from gpt2_lib.utils.tensors import enclosing_stateless_scope
+
 
 def any_equal(inputs, values, padding_mask):
     """True where `inputs` equals any of `values` and `padding_mask` is True.
@@ -176,7 +178,7 @@ class Sampler:
         that takes its weights as arguments): a seed state assigned in the
         loop body would be recorded in the scope, out of the loop's reach.
         """
-        threaded = keras.config.backend() == "jax" or _in_stateless_scope()
+        threaded = keras.config.backend() == "jax" or enclosing_stateless_scope() is not None
         if not threaded or not self.variables:
             return ops.while_loop(
                 cond, body, loop_vars=loop_vars, maximum_iterations=maximum_iterations
@@ -230,11 +232,3 @@ class Sampler:
     @classmethod
     def from_config(cls, config):
         return cls(**config)
-
-
-def _in_stateless_scope():
-    try:
-        from keras.src.backend.common.stateless_scope import in_stateless_scope
-    except ImportError:  # another Keras: as outside one
-        return False
-    return in_stateless_scope()

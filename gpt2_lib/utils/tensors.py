@@ -1,4 +1,5 @@
-"""Reading concrete tensor values on any backend, without breaking tracing."""
+"""Reading concrete tensor values on any backend, without breaking tracing;
+the Keras `StatelessScope` a call runs in."""
 
 import keras
 import numpy as np
@@ -41,3 +42,17 @@ def concrete_numpy(value):
             return None
         return value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def enclosing_stateless_scope():
+    """The innermost `keras.StatelessScope` entered, or None.
+
+    Keras exports the scope but not a way to find it; with a Keras that
+    lacks the private accessor this returns None (callers then act as
+    outside one) rather than guess.
+    """
+    try:
+        from keras.src.backend.common.stateless_scope import get_stateless_scope
+    except ImportError:
+        return None
+    return get_stateless_scope()
