@@ -218,6 +218,35 @@ def _xla_attention(query, key, value, mask, scale, is_causal):
 CACHE_WINDOW = 256
 
 
+# Cache slots per window of `torch_key_end` (lower precisions on torch).
+# GPT-2 base bfloat16 on a Xeon with AMX, batch 1 / 8, 32 + 480 tokens:
+# peak 986 / 883 MB above the built model with a shape per step, 343 / 340
+# MB in windows of 64, decoding 36.6 -> 38.9 / 222 -> 212 tok/s (the masked
+# keys cost a little at batch 8; benchmarks/NOTES.md).
+TORCH_CACHE_WINDOW = 64
+
+
+def torch_key_end(key_end, max_length, dtype):
+    """The cache slots a cached step attends over on torch.
+
+    `key_end` itself in float32 (SDPA). In lower precisions the attention's
+    two batched products run on oneDNN, which compiles a kernel for every
+    new shape and keeps it (on a Xeon with AMX ~1.3 MB per key length: 511
+    lengths, +650 MB). There `key_end` is rounded up to a multiple of
+    `TORCH_CACHE_WINDOW` (or `max_length`), so that a generation makes a
+    few shapes, not one per step. The extra keys are masked: they carry
+    zero probability.
+
+    Example:
+    >>> torch_key_end(40, 1024, "float32"), torch_key_end(40, 1024, "bfloat16")
+    (40, 64)
+    """
+    key_end = int(key_end)
+    if keras.backend.standardize_dtype(dtype) == "float32":
+        return key_end
+    return min(max_length, -(-key_end // TORCH_CACHE_WINDOW) * TORCH_CACHE_WINDOW)
+
+
 def windowed_attention(attend, query, cache, mask, key_end):
     """`attend` over the part of a cache that holds keys `[0, key_end)`.
 
@@ -225,11 +254,11 @@ def windowed_attention(attend, query, cache, mask, key_end):
     mask removes the rest), yet the cache has `max_length` slots: attending
     over all of them reads and multiplies every slot on every step. This
     calls `attend(query, cache, mask, end)` with a static `end >= key_end`
-    and the caller slices the cache and the mask to `end`. On torch `end` is
-    `key_end` itself; on XLA (static shapes) it is `key_end` rounded up to a
-    multiple of `CACHE_WINDOW` (or `max_length`), one `ops.switch` branch per
-    window, so the cost of a step grows with its position, not with
-    `max_length`. The result is the same: the keys left out carry zero
+    and the caller slices the cache and the mask to `end`. On XLA (static
+    shapes) `end` is `key_end` rounded up to a multiple of `CACHE_WINDOW`
+    (or `max_length`), one `ops.switch` branch per window, so the cost of a
+    step grows with its position, not with `max_length`; on torch it is
+    `torch_key_end`. The result is the same: the keys left out carry zero
     probability.
 
     Args:
@@ -257,7 +286,7 @@ def windowed_attention(attend, query, cache, mask, key_end):
     if max_length is None:  # unknown while tracing a TensorFlow graph
         return attend(query, cache, mask, None)
     if keras.config.backend() == "torch":
-        return attend(query, cache, mask, int(key_end))
+        return attend(query, cache, mask, torch_key_end(key_end, max_length, query.dtype))
     ends = list(range(CACHE_WINDOW, max_length, CACHE_WINDOW)) + [max_length]
     if len(ends) == 1:
         return attend(query, cache, mask, max_length)

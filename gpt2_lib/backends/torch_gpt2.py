@@ -36,6 +36,7 @@ from keras import ops
 from gpt2_lib.backends import torch_int4, torch_matmul
 from gpt2_lib.backends.attention import cached_attention
 from gpt2_lib.backends.attention import dot_product_attention
+from gpt2_lib.backends.attention import torch_key_end
 
 
 def supports(backbone, token_ids=None, training=False, generation=False):
@@ -277,7 +278,8 @@ class TorchBlocks:
         end = index + query.shape[1]
         cache[:, layer, 0, :, index:end] = key.transpose(1, 2)  # heads before positions
         cache[:, layer, 1, :, index:end] = value.transpose(1, 2)
-        # Only the keys up to the last query: the rest are masked.
+        # Only the keys up to the last query (lower precisions: its window); the rest are masked.
+        end = torch_key_end(end, cache.shape[4], query.dtype)
         keys, values = cache[:, layer, 0, :, :end], cache[:, layer, 1, :, :end]
         mask = attention_mask[..., :end]
         if self.dtype == self.torch.float32:

@@ -227,6 +227,26 @@ def test_windowed_attention_attends_over_windows_not_all_slots(monkeypatch):
     assert ends == ([5] if keras.config.backend() == "torch" else [10])
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_torch_attends_over_windows_in_lower_precision(dtype, monkeypatch):
+    """On torch, float32 steps attend over the exact keys; lower precisions
+    over windows of `TORCH_CACHE_WINDOW` (oneDNN keeps a kernel per shape)."""
+    monkeypatch.setattr(attention_kernel, "TORCH_CACHE_WINDOW", 4)
+    query, cache, mask, _ = _cached_step(key_end=5)
+    query = keras.ops.cast(query, dtype)
+    ends = []
+
+    def spy(query, cache, mask, end):
+        ends.append(end)
+        return query
+
+    for key_end in (1, 4, 5, 9, 10):
+        attention_kernel.windowed_attention(spy, query, cache, mask, key_end)
+    if keras.config.backend() != "torch":
+        return
+    assert ends == ([1, 4, 5, 9, 10] if dtype == "float32" else [4, 4, 8, 10, 10])
+
+
 # === cached_attention: queries over a heads-first cache ===
 
 
