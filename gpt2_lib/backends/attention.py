@@ -57,6 +57,24 @@ def dot_product_attention(query, key, value, mask=None, scale=None, is_causal=Fa
     return _xla_attention(query, key, value, mask, scale, is_causal)
 
 
+def cached_attention_supports(dtype):
+    """Whether `cached_attention` serves a cached step in `dtype`.
+
+    float32 on every backend, and every dtype on torch: there SDPA's fused
+    CPU kernel (float32 logits and softmax, as the lower-precision formula,
+    but without rounding the logits to the compute dtype first) replaces
+    the formula's two batched products, which copied every block's keys
+    and values per step at batch > 1 (GPT-2 base bfloat16 on a Xeon with
+    AMX, batch 8: 32 + 96 tokens 1.13x, 32 + 480 tokens 1.35x faster;
+    `benchmarks/NOTES.md`).
+
+    Example:
+    >>> cached_attention_supports("float32")
+    True
+    """
+    return keras.backend.standardize_dtype(dtype) == "float32" or keras.config.backend() == "torch"
+
+
 def cached_attention(query, keys, values, mask, scale):
     """Attention of `(batch, q, heads, head_dim)` queries over a key/value cache.
 
@@ -220,22 +238,22 @@ CACHE_WINDOW = 256
 
 # Cache slots per window of `torch_key_end` (lower precisions on torch).
 # GPT-2 base bfloat16 on a Xeon with AMX, batch 1 / 8, 32 + 480 tokens:
-# peak 986 / 883 MB above the built model with a shape per step, 343 / 340
-# MB in windows of 64, decoding 36.6 -> 38.9 / 222 -> 212 tok/s (the masked
-# keys cost a little at batch 8; benchmarks/NOTES.md).
+# 586-691 / 710-828 MB above the built model with a key length per step
+# (the formula's batched products on oneDNN), 86 / 186-222 MB in windows of
+# 64 (benchmarks/NOTES.md).
 TORCH_CACHE_WINDOW = 64
 
 
 def torch_key_end(key_end, max_length, dtype):
     """The cache slots a cached step attends over on torch.
 
-    `key_end` itself in float32 (SDPA). In lower precisions the attention's
-    two batched products run on oneDNN, which compiles a kernel for every
-    new shape and keeps it (on a Xeon with AMX ~1.3 MB per key length: 511
-    lengths, +650 MB). There `key_end` is rounded up to a multiple of
-    `TORCH_CACHE_WINDOW` (or `max_length`), so that a generation makes a
-    few shapes, not one per step. The extra keys are masked: they carry
-    zero probability.
+    `key_end` itself in float32. In lower precisions the attention's
+    kernels are compiled and kept per shape (oneDNN's batched GEMM on AMX:
+    ~1.3 MB per key length, 511 lengths +650 MB; SDPA's fused kernel at
+    batch 8: 1023 lengths +78 MB). There `key_end` is rounded up to a
+    multiple of `TORCH_CACHE_WINDOW` (or `max_length`), so that a
+    generation makes a few shapes, not one per step. The extra keys are
+    masked: they carry zero probability.
 
     Example:
     >>> torch_key_end(40, 1024, "float32"), torch_key_end(40, 1024, "bfloat16")

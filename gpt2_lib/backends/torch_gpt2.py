@@ -281,15 +281,10 @@ class TorchBlocks:
         # Only the keys up to the last query (lower precisions: its window); the rest are masked.
         end = torch_key_end(end, cache.shape[4], query.dtype)
         keys, values = cache[:, layer, 0, :, :end], cache[:, layer, 1, :, :end]
-        mask = attention_mask[..., :end]
-        if self.dtype == self.torch.float32:
-            # The Keras layers' attention (SDPA over the cache as stored).
-            return cached_attention(query, keys, values, mask, scale=1.0 / self.head_dim**0.5)
-        # Lower precision: float32 logits and softmax, as the Keras layers.
-        scores = self.torch.matmul(query.transpose(1, 2), keys.transpose(2, 3)).float()
-        scores = scores.masked_fill(~mask, -1e9) / self.head_dim**0.5  # (batch, heads, seq, end)
-        probs = self.torch.softmax(scores, dim=-1).to(values.dtype)
-        return self.torch.matmul(probs, values).transpose(1, 2)  # (batch, seq, heads, head_dim)
+        # The Keras layers' attention on torch (SDPA over the cache as stored).
+        return cached_attention(
+            query, keys, values, attention_mask[..., :end], scale=1.0 / self.head_dim**0.5
+        )
 
     def _block(self, x, weights, attention_mask, cache, index, layer):
         """One GPT-2 block on `(batch, seq, hidden)`, as `TransformerDecoder.call`."""

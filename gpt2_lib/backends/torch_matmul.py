@@ -273,9 +273,13 @@ def matmul(rows, kernel, bias=None):
     # oneDNN has no empty product
     if rows.shape[0] == 0 or not supports(*operands) or not _on_onednn(rows, kernel, gradients):
         if not gradients and rows.dtype == torch.bfloat16 and _kernel_first(kernel):
+            # Returned row-major: a transposed (rows, out) result left every
+            # later op strided (SDPA fell back to its math path; batch-8
+            # decoding 1.13x-1.35x slower, benchmarks/NOTES.md). The copy is
+            # rows x out values.
             if bias is None:
-                return (kernel.t() @ rows.t()).t()
-            return torch.addmm(bias[:, None], kernel.t(), rows.t()).t()
+                return (kernel.t() @ rows.t()).t().contiguous()
+            return torch.addmm(bias[:, None], kernel.t(), rows.t()).t().contiguous()
         return rows @ kernel if bias is None else torch.addmm(bias, rows, kernel)
     if not gradients:
         return _product(rows, kernel.t(), bias)  # no autograd node to pay for (generation)

@@ -6,6 +6,7 @@ import keras
 from keras import ops
 
 from gpt2_lib.backends.attention import cached_attention
+from gpt2_lib.backends.attention import cached_attention_supports
 from gpt2_lib.backends.attention import dot_product_attention
 from gpt2_lib.backends.attention import windowed_attention
 from gpt2_lib.backends.dense import dense
@@ -24,10 +25,11 @@ class CachedMultiHeadAttention(keras.layers.Layer):
     `causal_attention_mask(query_start=...)`) and only the cache up to the
     last query's position is read (`windowed_attention`). The cache stores
     heads before positions, the layout its attention reads
-    (`gpt2_lib.backends.attention.cached_attention`). In float32 the
-    attention goes through `gpt2_lib.backends.attention` (each backend's
-    fastest form); in lower precision, or with attention dropout, the logits
-    and softmax are computed in float32 and the probabilities cast back.
+    (`gpt2_lib.backends.attention.cached_attention`). In float32, and over
+    the cache on torch, the attention goes through
+    `gpt2_lib.backends.attention` (each backend's fastest form); otherwise
+    in lower precision, or with attention dropout, the logits and softmax
+    are computed in float32 and the probabilities cast back.
 
     Args:
         num_heads: int, number of attention heads.
@@ -111,9 +113,9 @@ class CachedMultiHeadAttention(keras.layers.Layer):
         """
         scale = 1.0 / math.sqrt(self.key_dim)
         use_dropout = training and self.dropout > 0
-        if self.compute_dtype == "float32" and not use_dropout:
-            if cached:
-                return cached_attention(query, key, value, attention_mask, scale)
+        if cached and not use_dropout and cached_attention_supports(self.compute_dtype):
+            return cached_attention(query, key, value, attention_mask, scale)
+        if self.compute_dtype == "float32" and not use_dropout and not cached:
             return dot_product_attention(
                 query, key, value, mask=attention_mask, scale=scale, is_causal=True
             )

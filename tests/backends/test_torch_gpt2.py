@@ -190,11 +190,12 @@ def test_cached_steps_read_only_the_keys_written_so_far():
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision_steps_attend_over_windows_of_the_cache(monkeypatch, dtype):
     """In lower precision a cached step attends over the cache up to the end
-    of its window (`attention.torch_key_end`): oneDNN keeps a kernel per
-    shape, so a generation must make a few key lengths, not one per step.
-    The keys the window adds are masked: whatever the slots past the step
-    hold, the logits are the same, and they equal attending over the exact
-    keys."""
+    of its window (`attention.torch_key_end`): the attention's kernels are
+    kept per shape, so a generation must make a few key lengths, not one
+    per step. The keys the window adds are masked: whatever the slots past
+    the step hold, the logits are the same, and they equal attending over
+    the exact keys. It runs SDPA's fused kernel, not its math fallback
+    (strided projections sent it there)."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -205,20 +206,22 @@ def test_half_precision_steps_attend_over_windows_of_the_cache(monkeypatch, dtyp
     blocks = _generation_blocks(lm)
     if blocks is None:
         return
-    length, head_dim = 16, 8
+    length = 16
     ids = np.random.default_rng(0).integers(0, 100, (2, length)).astype("int32")
     mask = np.ones((2, length), bool)
+    fused = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
 
-    class KeyLengths(TorchDispatchMode):
-        """The key lengths of the attention's `(batch * heads, 1, head_dim) x (batch * heads, head_dim, keys)` products."""
+    class Attention(TorchDispatchMode):
+        """The key lengths the steps' attention ran over, and its kernels."""
 
         def __init__(self):
             super().__init__()
-            self.seen = set()
+            self.key_lengths, self.kernels = set(), set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten.bmm.default and args[1].shape[1] == head_dim:
-                self.seen.add(args[1].shape[2])
+            if "attention" in str(func):
+                self.kernels.add(func)
+                self.key_lengths.add(args[1].shape[2])  # keys: (batch, heads, keys, head_dim)
             return func(*args, **(kwargs or {}))
 
     def run(fill, window):
@@ -227,20 +230,21 @@ def test_half_precision_steps_attend_over_windows_of_the_cache(monkeypatch, dtyp
         cache = keras.ops.cast(cache, dtype)
         _, _, cache = lm.call_with_cache(ids[:, :4], mask, cache, 0, blocks=blocks)
         steps = []
-        with KeyLengths() as lengths:
+        with Attention() as seen:
             for index in range(4, length - 1):
                 logits, _, cache = lm.call_with_cache(
                     ids[:, index : index + 1], mask, cache, index, blocks=blocks
                 )
                 steps.append(keras.ops.convert_to_numpy(keras.ops.cast(logits, "float32")))
-        return np.stack(steps), lengths.seen
+        assert seen.kernels == {fused}
+        return np.stack(steps), seen.key_lengths
 
-    windowed, seen = run(0.0, window=4)
-    assert seen == {8, 12, 16}  # steps at positions 4..14: windows ending at 8, 12, 16
+    windowed, key_lengths = run(0.0, window=4)
+    assert key_lengths == {8, 12, 16}  # steps at positions 4..14: windows ending at 8, 12, 16
     with_garbage, _ = run(50.0, window=4)
     np.testing.assert_array_equal(with_garbage, windowed)
-    exact, seen = run(0.0, window=1)
-    assert seen == set(range(5, length))
+    exact, key_lengths = run(0.0, window=1)
+    assert key_lengths == set(range(5, length))
     np.testing.assert_allclose(windowed, exact, atol=0.05, rtol=0)
 
 

@@ -229,7 +229,8 @@ def test_int8_products_are_exact_int32_sums(monkeypatch, int_mm, amx, transposed
 def test_bfloat16_products_equal_addmm_either_way_round(monkeypatch, rows, bias, amx):
     """bfloat16 without gradients: a column-major kernel goes first on AMX
     (`(kernel.T @ rows.T).T`), a row-major one never; both equal `addmm` in
-    float32 within bfloat16 rounding."""
+    float32 within bfloat16 rounding, returned row-major (a strided result
+    sent the attention after it to SDPA's slow path)."""
     import torch
 
     monkeypatch.setattr(torch_matmul, "on_amx", lambda: amx)
@@ -241,6 +242,7 @@ def test_bfloat16_products_equal_addmm_either_way_round(monkeypatch, rows, bias,
     for kernel in (stored.t(), stored.t().contiguous()):
         got = torch_matmul.matmul(x, kernel, b)
         assert got.shape == (rows, 40) and got.dtype == torch.bfloat16
+        assert got.is_contiguous()
         torch.testing.assert_close(got.float(), expected, rtol=2e-2, atol=0.1)
     assert torch_matmul._kernel_first(stored.t()) == amx
     assert not torch_matmul._kernel_first(stored.t().contiguous())
