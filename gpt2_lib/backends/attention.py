@@ -65,8 +65,8 @@ def cached_attention_supports(dtype):
     but without rounding the logits to the compute dtype first) replaces
     the formula's two batched products, which copied every block's keys
     and values per step at batch > 1 (GPT-2 base bfloat16 on a Xeon with
-    AMX, batch 8: 32 + 96 tokens 1.13x, 32 + 480 tokens 1.35x faster;
-    `benchmarks/NOTES.md`).
+    AMX, batch 8, against the formula over the same windows: 32 + 96
+    tokens 1.13x, 32 + 480 tokens 1.35x faster; `benchmarks/NOTES.md`).
 
     Example:
     >>> cached_attention_supports("float32")

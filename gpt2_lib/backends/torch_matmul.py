@@ -274,9 +274,9 @@ def matmul(rows, kernel, bias=None):
     if rows.shape[0] == 0 or not supports(*operands) or not _on_onednn(rows, kernel, gradients):
         if not gradients and rows.dtype == torch.bfloat16 and _kernel_first(kernel):
             # Returned row-major: a transposed (rows, out) result left every
-            # later op strided (SDPA fell back to its math path; batch-8
-            # decoding 1.13x-1.35x slower, benchmarks/NOTES.md). The copy is
-            # rows x out values.
+            # later op strided (SDPA fell back to its math path: GPT-2 base
+            # bfloat16 decoding at batch 8 1.13x-1.35x slower,
+            # benchmarks/NOTES.md). The copy is rows x out values.
             if bias is None:
                 return (kernel.t() @ rows.t()).t().contiguous()
             return torch.addmm(bias[:, None], kernel.t(), rows.t()).t().contiguous()
