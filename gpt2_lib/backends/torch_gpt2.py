@@ -97,6 +97,9 @@ class _Linear(NamedTuple):
     kernel: object  # (in, out), float, or int8 with `scale`, or a `torch_int4.Int4`
     bias: object  # (out,) or None
     scale: object = None  # Keras' kernel_scale: float kernel = kernel / scale
+    # Generation: the kernel's product as a function of the rows, chosen once
+    # (`torch_matmul.kernel_product`; int8: `int8_kernel_products`).
+    product: object = None
 
 
 class _Block(NamedTuple):
@@ -159,6 +162,7 @@ class TorchBlocks:
         self.head_dim = backbone.hidden_dim // backbone.num_heads
         self.dtype = getattr(torch, keras.backend.standardize_dtype(backbone.compute_dtype))
         self.for_generation = for_generation
+        self._int8_max = torch.tensor(127.0)
         table = backbone.weight_table()
         self._layers = [
             {entry.role: entry.layer for entry in table if entry.block == index}
@@ -190,11 +194,18 @@ class TorchBlocks:
             return _Linear(torch_int4.from_layer(dense), bias)
         if dense.quantization_mode == "int8":
             scale = ops.convert_to_tensor(dense.kernel_scale).detach().float().reshape(-1)
-            return _Linear(_column_major(dense._kernel, scale.shape[0]), bias, scale)
+            kernel = _column_major(dense._kernel, scale.shape[0])
+            return _Linear(kernel, bias, scale, torch_matmul.int8_kernel_products(kernel))
         # GPT-2's projections all have a bias over their output units.
         if self._column_major_half(dense):
-            return _Linear(_column_major(dense._kernel, bias.shape[0]), bias)
-        return _Linear(self._value(dense.kernel).reshape(-1, bias.shape[0]), bias)
+            return self._float_linear(_column_major(dense._kernel, bias.shape[0]), bias)
+        return self._float_linear(self._value(dense.kernel).reshape(-1, bias.shape[0]), bias)
+
+    def _float_linear(self, kernel, bias):
+        """A float `_Linear`; for a generation with its product chosen once."""
+        if not self.for_generation:
+            return _Linear(kernel, bias)
+        return _Linear(kernel, bias, product=torch_matmul.kernel_product(kernel, bias))
 
     def _column_major_half(self, dense):
         """Whether generation re-lays this float kernel column-major (bfloat16 on AMX)."""
@@ -231,8 +242,9 @@ class TorchBlocks:
         if embedding.quantization_mode == "int8":
             table = ops.convert_to_tensor(embedding._embeddings).detach()  # (vocab, hidden)
             scale = ops.convert_to_tensor(embedding.embeddings_scale).detach().float()
-            return _Linear(table.t(), None, scale.reshape(-1))
-        return _Linear(self._value(embedding.embeddings).t(), None)
+            products = torch_matmul.int8_kernel_products(table, transposed=True)
+            return _Linear(table.t(), None, scale.reshape(-1), products)
+        return self._float_linear(self._value(embedding.embeddings).t(), None)
 
     # === Computation ===
 
@@ -246,9 +258,10 @@ class TorchBlocks:
     def _quantize(self, rows):
         """Keras' int8 input quantization: per row, absmax, epsilon 1e-7."""
         rows = rows.float()
-        scale = 127.0 / (rows.abs().amax(dim=-1, keepdim=True) + 1e-7)
+        # A true division, as Keras' (`127.0 / x` is torch's reciprocal times 127).
+        scale = self.torch.div(self._int8_max, rows.abs().amax(dim=-1, keepdim=True).add_(1e-7))
         # |rows * scale| < 127.5, so Keras' clamp to [-127, 127] changes nothing.
-        return self.torch.round(rows * scale).to(self.torch.int8), scale
+        return (rows * scale).round_().to(self.torch.int8), scale
 
     def _linear(self, rows, linear, quantized=None):
         """`rows @ kernel + bias` for `(rows, in)`, as the Keras layer computes it.
@@ -258,15 +271,19 @@ class TorchBlocks:
         """
         if isinstance(linear.kernel, torch_int4.Int4):
             return torch_int4.int4_matmul(rows, linear.kernel, linear.bias)
-        if linear.scale is None:  # float32 on oneDNN, other dtypes `addmm`
+        if linear.scale is None:  # float32 on oneDNN or MKL, other dtypes `addmm`
+            if linear.product is not None:
+                return linear.product(rows)
             return torch_matmul.matmul(rows, linear.kernel, linear.bias)
-        # Keras' int8 layers: int8 inputs, exact int32 products, both scales.
+        # Keras' int8 layers (generation only): int8 inputs, exact int32
+        # products, both scales.
         rows_int8, inputs_scale = quantized or self._quantize(rows)
-        products = torch_matmul.int8_products(rows_int8, linear.kernel).to(rows.dtype)
+        products = linear.product(rows_int8)  # int32
         denominator = (inputs_scale * linear.scale).to(rows.dtype)
         if linear.bias is None:
-            return products / denominator
-        return self.torch.addcdiv(linear.bias, products, denominator)  # bias + products / d
+            return (products / denominator).to(rows.dtype)
+        # bias + products / d, the int32 products read as floats (no float copy made first)
+        return self.torch.addcdiv(linear.bias, products, denominator)
 
     def _attend(self, query, key, value, attention_mask, cache, index, layer):
         """`(batch, seq, heads, head_dim)` attention output, writing the cache."""

@@ -184,16 +184,42 @@ def int8_products(rows, kernel, transposed=False):
     >>> int8_products(rows, kernel).tolist() if has_int8_on_cpu(kernel) else [[3] * 4] * 2
     [[3, 3, 3, 3], [3, 3, 3, 3]]
     """
+    return int8_kernel_products(kernel, transposed)(rows)
+
+
+def int8_kernel_products(kernel, transposed=False):
+    """`int8_products` as a function of the rows, the way to multiply chosen once.
+
+    Args:
+        kernel: `(k, n)` int8, or `(n, k)` when `transposed` (read as stored).
+        transposed: whether `kernel` is stored `(n, k)`.
+
+    Returns:
+        A function of `(m, k)` int8 rows returning their exact int32 products.
+
+    Example:
+    >>> import torch
+    >>> kernel = torch.ones((3, 4), dtype=torch.int8)
+    >>> products = int8_kernel_products(kernel)
+    >>> products(torch.ones((1, 3), dtype=torch.int8)).tolist() if has_int8_on_cpu(kernel) else [[3] * 4]
+    [[3, 3, 3, 3]]
+    """
     import torch
 
     kernel = kernel.t() if transposed else kernel
-    if rows.shape[0] == 0:
-        return torch.zeros((0, kernel.shape[1]), dtype=torch.int32)
-    if not int8_on_int_mm():
-        return _exact_float_products(rows, kernel)
-    if _kernel_first(kernel):
-        return torch._int_mm(kernel.t(), rows.t()).t().contiguous()
-    return torch._int_mm(rows, kernel)
+    first = kernel.t()
+    exact_floats, kernel_first = not int8_on_int_mm(), _kernel_first(kernel)
+
+    def products(rows):
+        if rows.shape[0] == 0:
+            return torch.zeros((0, kernel.shape[1]), dtype=torch.int32)
+        if exact_floats:
+            return _exact_float_products(rows, kernel)
+        if kernel_first:
+            return torch._int_mm(first, rows.t()).t().contiguous()
+        return torch._int_mm(rows, kernel)
+
+    return products
 
 
 # Rows from which MKL's product over a transposed kernel loses to oneDNN's on
@@ -201,12 +227,14 @@ def int8_products(rows, kernel, transposed=False):
 _TRANSPOSED_ROWS_ON_ONEDNN = 3
 
 
-def _on_onednn(rows, kernel, gradients):
-    """Whether `matmul` multiplies on oneDNN rather than torch's own GEMM."""
+def _onednn_from_rows(kernel, bias):
+    """From how many rows a product on `kernel` without gradients goes to oneDNN (None: never)."""
+    if not supports(*((kernel,) if bias is None else (kernel, bias))):
+        return None
     if float32_on_onednn():
-        return True
+        return 1  # oneDNN has no empty product
     transposed = kernel.t().is_contiguous() and not kernel.is_contiguous()
-    return not gradients and transposed and rows.shape[0] >= _TRANSPOSED_ROWS_ON_ONEDNN
+    return _TRANSPOSED_ROWS_ON_ONEDNN if transposed else None
 
 
 def _product(rows, weight, bias=None):
@@ -247,9 +275,9 @@ def matmul(rows, kernel, bias=None):
     """`rows @ kernel (+ bias)` for torch tensors, on oneDNN where `supports` them.
 
     Differentiable in all three. Other tensors (bfloat16, off the CPU, no
-    rows, no oneDNN) and the products `_on_onednn` leaves to MKL on an Intel
-    CPU take `torch.addmm` / `@`; without gradients, a column-major
-    bfloat16 kernel goes first on AMX (`on_amx`).
+    rows, no oneDNN) and the products `_onednn_from_rows` leaves to MKL on
+    an Intel CPU take `torch.addmm` / `@`; without gradients, a
+    column-major bfloat16 kernel goes first on AMX (`on_amx`).
 
     Args:
         rows: `(rows, in)` tensor.
@@ -269,18 +297,51 @@ def matmul(rows, kernel, bias=None):
     import torch
 
     operands = (rows, kernel) if bias is None else (rows, kernel, bias)
-    gradients = torch.is_grad_enabled() and any(t.requires_grad for t in operands)
-    # oneDNN has no empty product
-    if rows.shape[0] == 0 or not supports(*operands) or not _on_onednn(rows, kernel, gradients):
-        if not gradients and rows.dtype == torch.bfloat16 and _kernel_first(kernel):
-            # Returned row-major: a transposed (rows, out) result left every
-            # later op strided (SDPA fell back to its math path: GPT-2 base
-            # bfloat16 decoding at batch 8 1.13x-1.35x slower,
-            # benchmarks/NOTES.md). The copy is rows x out values.
-            if bias is None:
-                return (kernel.t() @ rows.t()).t().contiguous()
-            return torch.addmm(bias[:, None], kernel.t(), rows.t()).t().contiguous()
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in operands)):
+        return kernel_product(kernel, bias)(rows)  # no autograd node to pay for (generation)
+    if rows.shape[0] and supports(*operands) and float32_on_onednn():
+        return _function().apply(rows, kernel, bias)
+    return rows @ kernel if bias is None else torch.addmm(bias, rows, kernel)
+
+
+def kernel_product(kernel, bias=None):
+    """`matmul` without gradients as a function of the rows, its GEMM chosen once.
+
+    `matmul` checks its operands at every call: ~9 us of the ~12 a one-row
+    product takes at small widths, and a GPT-2 base decoding step makes 73
+    products (`TorchBlocks` makes one of these per layer for a generation).
+    The rows must be of the kernel's dtype and device.
+
+    Args:
+        kernel: `(in, out)` tensor (a transposed view is read as is).
+        bias: optional `(out,)` tensor.
+
+    Returns:
+        A function of `(rows, in)` rows returning `matmul(rows, kernel, bias)`.
+
+    Example:
+    >>> kernel, bias = keras.ops.ones((3, 4)), keras.ops.zeros((4,))
+    >>> product = kernel_product(kernel, bias)
+    >>> keras.ops.convert_to_numpy(product(keras.ops.ones((1, 3)))).tolist()
+    [[3.0, 3.0, 3.0, 3.0]]
+    """
+    import torch
+
+    if kernel.dtype == torch.bfloat16 and _kernel_first(kernel):
+        # Returned row-major: a transposed (rows, out) result left every
+        # later op strided (SDPA fell back to its math path: GPT-2 base
+        # bfloat16 decoding at batch 8 1.13x-1.35x slower,
+        # benchmarks/NOTES.md). The copy is rows x out values.
+        first, column_bias = kernel.t(), None if bias is None else bias[:, None]
+        if column_bias is None:
+            return lambda rows: (first @ rows.t()).t().contiguous()
+        return lambda rows: torch.addmm(column_bias, first, rows.t()).t().contiguous()
+    onednn_from = _onednn_from_rows(kernel, bias)
+    weight = kernel.t()
+
+    def product(rows):
+        if onednn_from is not None and rows.shape[0] >= onednn_from:
+            return _product(rows, weight, bias)
         return rows @ kernel if bias is None else torch.addmm(bias, rows, kernel)
-    if not gradients:
-        return _product(rows, kernel.t(), bias)  # no autograd node to pay for (generation)
-    return _function().apply(rows, kernel, bias)
+
+    return product

@@ -295,14 +295,39 @@ def test_int8_generation_equals_keras_int8_layers():
         assert np.abs(ours - theirs).max() <= 1e-4 + 0.01 * np.abs(theirs - exact).max()
 
 
+def test_int8_inputs_are_quantized_exactly_as_keras_quantizes_them():
+    """Same int8 values and scales as Keras' `abs_max_quantize`: the scale
+    is a true division (torch's `127.0 / x` is a reciprocal times 127, an
+    ulp off Keras' scale for about a quarter of the values)."""
+    if not TORCH:
+        return
+    import torch
+    from keras.quantizers import abs_max_quantize
+
+    backbone = _backbone()
+    backbone.quantize("int8")
+    blocks = torch_gpt2.TorchBlocks(backbone, for_generation=True)
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.randn(256, 96, generator=generator) * torch.rand(256, 1, generator=generator) * 5
+    values, scale = blocks._quantize(rows)
+    expected_values, expected_scale = abs_max_quantize(rows, axis=-1)
+    assert torch.equal(scale, expected_scale)
+    assert torch.equal(values, expected_values)
+
+
 def test_int8_generation_runs_int8_products(monkeypatch):
     if not TORCH:
         return
     from gpt2_lib.backends import torch_matmul
 
     calls = []
-    original = torch_matmul.int8_products
-    monkeypatch.setattr(torch_matmul, "int8_products", lambda *a: calls.append(1) or original(*a))
+    original = torch_matmul.int8_kernel_products
+
+    def counted(*args, **kwargs):
+        products = original(*args, **kwargs)
+        return lambda rows: calls.append(1) or products(rows)
+
+    monkeypatch.setattr(torch_matmul, "int8_kernel_products", counted)
     backbone = _backbone()
     backbone.quantize("int8")
     lm = GPT2CausalLM(backbone)
