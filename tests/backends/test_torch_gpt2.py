@@ -419,3 +419,25 @@ def test_int4_generation_refuses_input_quantization():
     query = next(e.layer for e in backbone.weight_table() if e.role == "self_attention/query")
     query.inputs_quantizer = keras.quantizers.AbsMaxQuantizer(axis=-1)
     assert not torch_gpt2.supports(backbone, generation=True)
+
+
+@pytest.mark.parametrize("mode", [None, "int8", "int4"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_generation_embeddings_equal_the_embedding_layers(mode, dtype):
+    """The fast path's token + position rows are the embedding layers' own
+    (float, int8 and int4 tables, in float32 and bfloat16)."""
+    if not TORCH:
+        return
+    backbone = _backbone(dtype=dtype)
+    if mode:
+        backbone.quantize(mode)
+    blocks = torch_gpt2.TorchBlocks(backbone, for_generation=True)
+    inputs = _inputs(position_ids=True)
+    ids, positions = inputs["token_ids"], inputs["position_ids"]
+    got = blocks.embeddings(keras.ops.convert_to_tensor(ids), keras.ops.convert_to_tensor(positions))
+    expected = backbone.token_embedding(ids) + backbone.position_embedding(
+        inputs["padding_mask"], positions
+    )
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(got.float()),
+                                  keras.ops.convert_to_numpy(expected.float()))

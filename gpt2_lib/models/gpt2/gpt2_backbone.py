@@ -337,7 +337,7 @@ class GPT2Backbone(Backbone):
         shape = [batch_size, self.num_layers, 2, self.num_heads, max_length, head_dim]
         return ops.zeros(shape, dtype=self.compute_dtype)
 
-    def embed(self, token_ids, padding_mask, position_ids=None, query_start=0):
+    def embed(self, token_ids, padding_mask, position_ids=None, query_start=0, blocks=None):
         """Input embeddings and attention mask of `token_ids`.
 
         Args:
@@ -348,6 +348,9 @@ class GPT2Backbone(Backbone):
             position_ids: `(batch, seq)` positions; by default counted over
                 `padding_mask` (so left padding does not shift them).
             query_start: int or scalar tensor, where `token_ids` start.
+            blocks: optional fast path (see `call_with_cache`) whose
+                `embeddings(token_ids, position_ids)` looks the rows up in
+                place of the embedding layers.
 
         Returns:
             `(hidden_states, attention_mask)`: `(batch, seq, hidden)` token +
@@ -358,10 +361,11 @@ class GPT2Backbone(Backbone):
         if position_ids is None:
             position_ids = position_ids_from_padding_mask(padding_mask)
             position_ids = ops.slice(position_ids, [0, query_start], [batch, seq])
-        tokens = embedding_lookup(self.token_embedding, token_ids)  # int4: only these rows unpacked
-        hidden_states = tokens + self.position_embedding(
-            padding_mask, position_ids
-        )
+        if blocks is not None:
+            hidden_states = blocks.embeddings(token_ids, position_ids)
+        else:
+            tokens = embedding_lookup(self.token_embedding, token_ids)  # int4: only these rows unpacked
+            hidden_states = tokens + self.position_embedding(padding_mask, position_ids)
         attention_mask = causal_attention_mask(
             padding_mask, query_start=query_start, query_length=seq
         )
@@ -394,7 +398,9 @@ class GPT2Backbone(Backbone):
             blocks: optional callable `(hidden_states, attention_mask, cache,
                 cache_update_index) -> (hidden_states, cache)` computing the
                 blocks and final LayerNorm in place of the Keras layers (the
-                torch fast path, `gpt2_lib.backends.torch_gpt2.TorchBlocks`).
+                torch fast path, `gpt2_lib.backends.torch_gpt2.TorchBlocks`),
+                with an `embeddings(token_ids, position_ids)` method for the
+                input rows (see `embed`).
 
         Returns:
             `(hidden_states, cache)`: `(batch, seq, hidden)` after the final
@@ -402,7 +408,7 @@ class GPT2Backbone(Backbone):
         """
         with per_layer_weights([self.token_embedding, self.position_embedding], token_ids):
             hidden_states, attention_mask = self.embed(
-                token_ids, padding_mask, position_ids, query_start=cache_update_index
+                token_ids, padding_mask, position_ids, query_start=cache_update_index, blocks=blocks
             )
         if blocks is not None:
             return blocks(hidden_states, attention_mask, cache, cache_update_index)
