@@ -105,9 +105,9 @@ class _Linear(NamedTuple):
 
 class _Block(NamedTuple):
     attention_norm: _Norm
-    query: _Linear
-    key: _Linear
-    value: _Linear
+    # (query, key, value), or one `_Linear` over their kernels side by side
+    # (generation, where they are stored column-major: `_side_by_side`).
+    query_key_value: tuple
     attention_output: _Linear
     mlp_norm: _Norm
     intermediate: _Linear
@@ -131,6 +131,34 @@ def _column_major(variable, columns):
     matrix = matrix.t().contiguous().t()
     tensor.data = matrix.reshape(tensor.shape)
     return matrix
+
+
+def _side_by_side(variables, columns):
+    """`(in, out)` kernels as one column-major `(in, n * out)` matrix, in place.
+
+    The variables' storage becomes consecutive parts of one buffer (their
+    shapes and values unchanged, as in `_column_major`), so query, key and
+    value are one product: a GPT-2 base int8 block one `torch._int_mm` of
+    (2304, 768) instead of three of (768, 768) per step (`benchmarks/NOTES.md`).
+    Later calls find the buffer and make no copy.
+    """
+    import torch
+
+    tensors = [ops.convert_to_tensor(variable) for variable in variables]
+    parts = [tensor.detach().reshape(-1, columns).t() for tensor in tensors]  # (out, in)
+    first = parts[0]
+    if all(
+        part.is_contiguous()
+        and part.untyped_storage().data_ptr() == first.untyped_storage().data_ptr()
+        and part.storage_offset() == first.storage_offset() + index * first.numel()
+        for index, part in enumerate(parts)
+    ):
+        size = (len(parts) * columns, first.shape[1])
+        return torch.as_strided(first, size, (first.shape[1], 1), first.storage_offset()).t()
+    buffer = torch.cat(parts)  # (n * out, in)
+    for index, tensor in enumerate(tensors):
+        tensor.data = buffer[index * columns : (index + 1) * columns].t().reshape(tensor.shape)
+    return buffer.t()
 
 
 class TorchBlocks:
@@ -220,15 +248,31 @@ class TorchBlocks:
             and torch_matmul.on_amx()
         )
 
+    def _query_key_value(self, layers):
+        """The attention's three projections; one, side by side, where generation
+        stores their kernels column-major (int8; bfloat16 on AMX)."""
+        dense = [layers[f"self_attention/{name}"] for name in ("query", "key", "value")]
+        modes = {layer.quantization_mode for layer in dense}
+        int8 = self.for_generation and modes == {"int8"}
+        if not int8 and not all(self._column_major_half(layer) for layer in dense):
+            return tuple(self._matrix(layer) for layer in dense)
+        bias = self.torch.cat([self._value(layer.bias).reshape(-1) for layer in dense])
+        columns = bias.shape[0] // 3
+        kernel = _side_by_side([layer._kernel for layer in dense], columns)
+        if not int8:
+            return (self._float_linear(kernel, bias),)
+        scale = self.torch.cat([
+            ops.convert_to_tensor(layer.kernel_scale).detach().float().reshape(-1) for layer in dense
+        ])
+        return (_Linear(kernel, bias, scale, torch_matmul.int8_kernel_products(kernel)),)
+
     def _read(self):
         blocks = []
         for layers in self._layers:
             blocks.append(
                 _Block(
                     self._norm(layers["self_attention_layer_norm"]),
-                    self._matrix(layers["self_attention/query"]),
-                    self._matrix(layers["self_attention/key"]),
-                    self._matrix(layers["self_attention/value"]),
+                    self._query_key_value(layers),
                     self._matrix(layers["self_attention/attention_output"]),
                     self._norm(layers["feedforward_layer_norm"]),
                     self._matrix(layers["feedforward_intermediate_dense"]),
@@ -339,11 +383,13 @@ class TorchBlocks:
         """One GPT-2 block on `(batch, seq, hidden)`, as `TransformerDecoder.call`."""
         batch, seq, hidden = x.shape
         rows = self._layer_norm(x, weights.attention_norm).reshape(batch * seq, hidden)
-        quantized = self._quantize(rows) if weights.query.scale is not None else None
-        query, key, value = (
-            self._linear(rows, linear, quantized).reshape(batch, seq, self.num_heads, self.head_dim)
-            for linear in (weights.query, weights.key, weights.value)
-        )
+        quantized = self._quantize(rows) if weights.query_key_value[0].scale is not None else None
+        projected = [self._linear(rows, linear, quantized) for linear in weights.query_key_value]
+        if len(projected) == 1:  # side by side
+            heads = projected[0].reshape(batch, seq, 3, self.num_heads, self.head_dim)
+            query, key, value = heads.unbind(2)
+        else:
+            query, key, value = (p.reshape(batch, seq, self.num_heads, self.head_dim) for p in projected)
         attended = self._attend(query, key, value, attention_mask, cache, index, layer)
         attended = self._linear(attended.reshape(batch * seq, hidden), weights.attention_output)
         x = x + attended.reshape(x.shape)

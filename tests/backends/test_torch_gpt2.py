@@ -334,15 +334,17 @@ def test_int8_generation_runs_int8_products(monkeypatch):
     lm.compile(sampler="greedy")
     lm.generate({"token_ids": np.array([[5, 6, 0, 0]]), "padding_mask": np.array([[1, 1, 0, 0]])},
                 stop_token_ids=None)
-    # 6 int8 matmuls per block (q, k, v, output, 2 MLP): one prefill pass
-    # over the first token, then 2 steps that also run the LM head.
-    assert len(calls) == 6 * 2 + 2 * (6 * 2 + 1)
+    # 4 int8 matmuls per block (query, key and value side by side, output, 2
+    # MLP): one prefill pass over the first token, then 2 steps that also run
+    # the LM head.
+    assert len(calls) == 4 * 2 + 2 * (4 * 2 + 1)
 
 
 @pytest.mark.parametrize("mode", ["int8", "bfloat16"])
 def test_layout_change_keeps_values_and_saves(monkeypatch, tmp_path, mode):
     """The fast path stores int8 kernels column-major (bfloat16 ones too on
-    AMX): same values, same presets, and a bfloat16 model trains after."""
+    AMX), query, key and value side by side: same values, same presets, and
+    a bfloat16 model trains after."""
     from gpt2_lib.backends import torch_matmul
 
     monkeypatch.setattr(torch_matmul, "on_amx", lambda: True)
@@ -357,6 +359,18 @@ def test_layout_change_keeps_values_and_saves(monkeypatch, tmp_path, mode):
                  if e.block == 0 and e.role == "feedforward_intermediate_dense")
     kernel = keras.ops.convert_to_tensor(dense._kernel)
     assert kernel.stride(0) == 1  # column-major
+
+    def query_key_value():
+        roles = ("self_attention/query", "self_attention/key", "self_attention/value")
+        return [keras.ops.convert_to_tensor(e.layer._kernel) for e in backbone.weight_table()
+                if e.block == 0 and e.role in roles]
+
+    # Query, key and value side by side in one buffer, which a later generation reuses.
+    buffers = {part.untyped_storage().data_ptr() for part in query_key_value()}
+    offsets = [part.storage_offset() for part in query_key_value()]
+    assert len(buffers) == 1 and offsets == [0, 32 * 32, 2 * 32 * 32]
+    lm.generation_blocks()
+    assert {part.untyped_storage().data_ptr() for part in query_key_value()} == buffers
     after = {v.path: keras.ops.convert_to_numpy(v) for v in backbone.weights}
     assert before.keys() == after.keys()
     for path in before:
