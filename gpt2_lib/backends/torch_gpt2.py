@@ -12,18 +12,22 @@ plain products on the variables found through `backbone.weight_table()`
 * without a cache (`GPT2Backbone.call`): autograd reaches the variables, so
   training and LoRA (through each layer's `kernel`) go through it too;
 * with a cache (`GPT2CausalLM` generation: prompt chunks and one-token
-  steps): weights are read once per `generate()` call and the new
-  keys/values are written into the cache in place. int8-quantized layers
+  steps): weights are read once per `generate()` call, each layer's
+  product is chosen then (`torch_matmul.kernel_product`), the token and
+  position rows are looked up by indexing (`embeddings`) and the new
+  keys/values are written into the cache in place: a step's Python and
+  dispatch overhead, not its products, was 17% of a GPT-2 base float32
+  step and 33% of an int8 one (`benchmarks/NOTES.md`). int8-quantized layers
   (`quantize("int8")`) run as Keras computes them (inputs quantized per row
   to int8, exact int32 products, rescaled) with
-  `torch_matmul.int8_products`: on a CPU with VNNI `torch._int_mm`, ~2x a
+  `torch_matmul.int8_kernel_products`: on a CPU with VNNI `torch._int_mm`, ~2x a
   float32 GEMV at batch 1, ~7x at batch 8, reading a quarter of the bytes
   (`benchmarks/NOTES.md`); elsewhere exact float32 products of the int8
   values. int4 layers (weight-only, Keras' default) dequantize their
   kernels as Keras does, a block at a time (`torch_int4`).
 
-The model computes the embeddings, positions and attention mask itself and
-hands them over, so this module holds only the block math. It is the fast
+The model computes the positions and attention mask itself and hands them
+over; this module looks their rows up and holds the block math. It is the fast
 path; `TransformerDecoder.call` is the reference it is tested against
 (outputs and gradients, `tests/backends/test_torch_gpt2.py`).
 """
