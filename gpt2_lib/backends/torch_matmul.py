@@ -321,7 +321,10 @@ def kernel_product(kernel, bias=None):
 
     Example:
     >>> kernel, bias = keras.ops.ones((3, 4)), keras.ops.zeros((4,))
-    >>> product = kernel_product(kernel, bias)
+    >>> if supports(kernel, bias):
+    ...     product = kernel_product(kernel, bias)
+    ... else:  # another backend
+    ...     product = lambda rows: keras.ops.matmul(rows, kernel) + bias
     >>> keras.ops.convert_to_numpy(product(keras.ops.ones((1, 3)))).tolist()
     [[3.0, 3.0, 3.0, 3.0]]
     """
