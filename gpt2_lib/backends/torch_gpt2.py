@@ -42,6 +42,7 @@ from gpt2_lib.backends.attention import cached_attention
 from gpt2_lib.backends.attention import dot_product_attention
 from gpt2_lib.backends.attention import torch_key_end
 from gpt2_lib.backends.embedding import embedding_lookup
+from gpt2_lib.utils.memory import return_freed_memory
 
 
 def supports(backbone, token_ids=None, training=False, generation=False):
@@ -127,14 +128,17 @@ def _column_major(variable, columns):
     (`torch_matmul.on_amx`; `benchmarks/NOTES.md`). The variable keeps its
     shape and values; only its storage order changes, once, in place (no
     second copy is kept).
+
+    Returns:
+        The matrix, and whether its storage was copied now.
     """
     tensor = ops.convert_to_tensor(variable)
     matrix = tensor.detach().reshape(-1, columns)
     if matrix.stride(0) == 1:
-        return matrix
+        return matrix, False
     matrix = matrix.t().contiguous().t()
     tensor.data = matrix.reshape(tensor.shape)
-    return matrix
+    return matrix, True
 
 
 def _side_by_side(variables, columns):
@@ -145,6 +149,9 @@ def _side_by_side(variables, columns):
     value are one product: a GPT-2 base int8 block one `torch._int_mm` of
     (2304, 768) instead of three of (768, 768) per step (`benchmarks/NOTES.md`).
     Later calls find the buffer and make no copy.
+
+    Returns:
+        The matrix, and whether the kernels were copied now.
     """
     import torch
 
@@ -158,11 +165,11 @@ def _side_by_side(variables, columns):
         for index, part in enumerate(parts)
     ):
         size = (len(parts) * columns, first.shape[1])
-        return torch.as_strided(first, size, (first.shape[1], 1), first.storage_offset()).t()
+        return torch.as_strided(first, size, (first.shape[1], 1), first.storage_offset()).t(), False
     buffer = torch.cat(parts)  # (n * out, in)
     for index, tensor in enumerate(tensors):
         tensor.data = buffer[index * columns : (index + 1) * columns].t().reshape(tensor.shape)
-    return buffer.t()
+    return buffer.t(), True
 
 
 class TorchBlocks:
@@ -204,7 +211,13 @@ class TorchBlocks:
         self._final_norm = next(e.layer for e in table if e.role == "layer_norm")
         self._token_embedding = next(e.layer for e in table if e.role == "token_embedding")
         self._position_embedding = next(e.layer for e in table if e.role == "position_embedding")
+        self._copied = False  # whether a kernel was re-laid (`_relaid`)
         self._weights = self._read() if for_generation else None
+        if self._copied:
+            # The kernels' old storage was freed inside the C heap, which
+            # glibc keeps resident: GPT-2 base int8 generation peaked ~30 MB
+            # (22% of weights + cache) higher (benchmarks/NOTES.md).
+            return_freed_memory()
         self._head = self._lm_head() if for_generation else None
         self._tables = self._embedding_tables() if for_generation else None
 
@@ -229,11 +242,11 @@ class TorchBlocks:
             return _Linear(torch_int4.from_layer(dense), bias)
         if dense.quantization_mode == "int8":
             scale = ops.convert_to_tensor(dense.kernel_scale).detach().float().reshape(-1)
-            kernel = _column_major(dense._kernel, scale.shape[0])
+            kernel = self._relaid(_column_major(dense._kernel, scale.shape[0]))
             return _Linear(kernel, bias, scale, torch_matmul.int8_kernel_products(kernel))
         # GPT-2's projections all have a bias over their output units.
         if self._column_major_half(dense):
-            return self._float_linear(_column_major(dense._kernel, bias.shape[0]), bias)
+            return self._float_linear(self._relaid(_column_major(dense._kernel, bias.shape[0])), bias)
         return self._float_linear(self._value(dense.kernel).reshape(-1, bias.shape[0]), bias)
 
     def _float_linear(self, kernel, bias):
@@ -241,6 +254,12 @@ class TorchBlocks:
         if not self.for_generation:
             return _Linear(kernel, bias)
         return _Linear(kernel, bias, product=torch_matmul.kernel_product(kernel, bias))
+
+    def _relaid(self, matrix_and_copied):
+        """The matrix of `_column_major` / `_side_by_side`, noting whether it was copied."""
+        matrix, copied = matrix_and_copied
+        self._copied = self._copied or copied
+        return matrix
 
     def _column_major_half(self, dense):
         """Whether generation re-lays this float kernel column-major (bfloat16 on AMX)."""
@@ -262,7 +281,7 @@ class TorchBlocks:
             return tuple(self._matrix(layer) for layer in dense)
         bias = self.torch.cat([self._value(layer.bias).reshape(-1) for layer in dense])
         columns = bias.shape[0] // 3
-        kernel = _side_by_side([layer._kernel for layer in dense], columns)
+        kernel = self._relaid(_side_by_side([layer._kernel for layer in dense], columns))
         if not int8:
             return (self._float_linear(kernel, bias),)
         scale = self.torch.cat([

@@ -348,6 +348,8 @@ def test_layout_change_keeps_values_and_saves(monkeypatch, tmp_path, mode):
     from gpt2_lib.backends import torch_matmul
 
     monkeypatch.setattr(torch_matmul, "on_amx", lambda: True)
+    trims = []
+    monkeypatch.setattr(torch_gpt2, "return_freed_memory", lambda: trims.append(1))
     backbone = _backbone(dtype="bfloat16" if mode == "bfloat16" else "float32")
     if mode == "int8":
         backbone.quantize("int8")
@@ -355,6 +357,7 @@ def test_layout_change_keeps_values_and_saves(monkeypatch, tmp_path, mode):
     lm = GPT2CausalLM(backbone)
     if lm.generation_blocks() is None:
         return
+    assert len(trims) == 1  # the old storage handed back once the kernels were re-laid
     dense = next(e.layer for e in backbone.weight_table()
                  if e.block == 0 and e.role == "feedforward_intermediate_dense")
     kernel = keras.ops.convert_to_tensor(dense._kernel)
@@ -371,6 +374,7 @@ def test_layout_change_keeps_values_and_saves(monkeypatch, tmp_path, mode):
     assert len(buffers) == 1 and offsets == [0, 32 * 32, 2 * 32 * 32]
     lm.generation_blocks()
     assert {part.untyped_storage().data_ptr() for part in query_key_value()} == buffers
+    assert len(trims) == 1  # nothing re-laid, nothing to hand back
     after = {v.path: keras.ops.convert_to_numpy(v) for v in backbone.weights}
     assert before.keys() == after.keys()
     for path in before:
