@@ -18,13 +18,16 @@ nothing that widens them runs before the layer or is hoisted out of the
 loop, and each layer's widened kernels live only while it runs; the LM
 head, the largest product, is widened a chunk of the vocabulary at a time
 (`tied_logits`). Temporaries: 774 -> 22 MB (bfloat16) and 342 -> 46 MB
-(int8). GPT-2 XL bfloat16 generation peaks at 3.7 GB instead of 10.1 GB
+(int8; 11 MB with its kernels read as stored, below). GPT-2 XL bfloat16 generation peaks at 3.7 GB instead of 10.1 GB
 (`benchmarks/scaling.py`). Half-precision projection kernels are not
 fenced: `dense` multiplies them as stored (YNNPACK's GEMM), so nothing
 widened from them exists to hoist, and a fenced copy would cost a write
 and a read of their bytes on every step (GPT-2 XL decodes at 4.6 tok/s;
-2.6 when every kernel was fenced and widened). Fenced are the embeddings,
-the half-precision vectors (LayerNorm, biases) and every int8 weight. An
+2.6 when every kernel was fenced and widened). Nor are int8 kernels and
+the int8 tied table, which `dense` contracts as stored too (fenced, the
+table was copied on every step: 38.6 MB of temporaries at GPT-2 base).
+Fenced are the half-precision embeddings and vectors (LayerNorm, biases)
+and int4's packed values, which are unpacked and widened. An
 `optimization_barrier` does not do this: XLA:CPU removes barriers before
 it schedules. Half-precision values are selected on their bits (a
 half-precision select is itself widened, and hoisted), so they enter the
@@ -92,11 +95,28 @@ def _read_as_stored(variable):
     return _is_half(variable) and variable.name == "kernel"
 
 
+def _int8_read_as_stored(variable, int4_variables):
+    """An int8 layer's kernel or tied table: `dense` contracts it as stored
+    (s8 x s8 -> s32 dots, YNNPACK's on JAX), so nothing widened from it
+    exists to hoist. Fenced, XLA wrote a selected copy of the tied table on
+    every step (38.6 MB of temporaries at GPT-2 base; `benchmarks/NOTES.md`).
+    int4 layers' packed int8 values are unpacked and widened: they stay fenced."""
+    return (
+        keras.backend.standardize_dtype(variable.dtype) == "int8"
+        and variable.name in ("kernel", "embeddings")
+        and not any(variable is v for v in int4_variables)
+    )
+
+
 def _fenced(variable, int4_variables):
     """Whether `per_layer_weights` selects `variable` within a generate function."""
     if keras.config.backend() == "tensorflow":  # int8 unfenced: it halved decoding
         return enters_as_bits(variable) or any(variable is v for v in int4_variables)
-    return _is_low_precision(variable) and not _read_as_stored(variable)
+    return (
+        _is_low_precision(variable)
+        and not _read_as_stored(variable)
+        and not _int8_read_as_stored(variable, int4_variables)
+    )
 
 
 def enters_as_bits(variable):

@@ -175,6 +175,25 @@ def test_generation_does_not_hold_every_widened_weight(dtype, quantize, monkeypa
     assert fenced < head + 2 * block, (fenced, plain, block, head)
 
 
+@jax_only
+@pytest.mark.parametrize("quantize", ["int8", "int4"])
+def test_int8_kernels_and_table_are_contracted_as_stored(quantize):
+    """No selected (fenced) copy of an int8 kernel or the int8 tied table in
+    the compiled generation: `dense` contracts them as stored, and the
+    table's copy was written on every step. int4's packed values, unpacked
+    and widened before their products, stay fenced."""
+    import re
+
+    lm = causal_lm("float32", quantize)
+    hlo = lm.make_generate_function().lower(prompts()).compile().as_text()
+    weight_shapes = {
+        ",".join(map(str, v.shape)) for v in lm.weights
+        if keras.backend.standardize_dtype(v.dtype) == "int8"
+    }
+    selected = set(re.findall(r"= s8\[([0-9,]+)\]\{[0-9,]*\} select\(", hlo)) & weight_shapes
+    assert bool(selected) == (quantize == "int4"), selected
+
+
 def compiled(function):
     """`function` under XLA: `jax.jit`, or `tf.function(jit_compile=True)`."""
     if BACKEND == "jax":

@@ -45,7 +45,10 @@ def test_convert_to_transformers_and_back(tmp_path, shipped_lm):
     with torch.no_grad():
         expected = hf_model(torch.tensor([ids])).logits.numpy()
     x = {"token_ids": np.array([ids]), "padding_mask": np.ones((1, len(ids)), bool)}
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(shipped_lm(x)), expected, atol=1e-4)
+    # float32 logits of two libraries (magnitudes up to ~13): 9e-6 apart when
+    # run alone; one CI run (JAX, in an xdist worker) saw 2.1e-4 at one
+    # position, not reproduced since. A wrong conversion moves them by > 0.1.
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(shipped_lm(x)), expected, atol=1e-3)
 
     # Converting in place is refused, and leaves the checkpoint as it was.
     before = tree_digest(hf_dir)
