@@ -18,8 +18,9 @@ nothing that widens them runs before the layer or is hoisted out of the
 loop, and each layer's widened kernels live only while it runs; the LM
 head, the largest product, is widened a chunk of the vocabulary at a time
 (`tied_logits`). Temporaries: 774 -> 22 MB (bfloat16) and 342 -> 46 MB
-(int8; 11 MB with its kernels read as stored, below). GPT-2 XL bfloat16 generation peaks at 3.7 GB instead of 10.1 GB
-(`benchmarks/scaling.py`). Half-precision projection kernels are not
+(int8; 11 MB with its kernels read as stored, below). GPT-2 XL bfloat16
+generation peaks at 3.7 GB instead of 10.1 GB (`benchmarks/scaling.py`).
+Half-precision projection kernels are not
 fenced: `dense` multiplies them as stored (YNNPACK's GEMM), so nothing
 widened from them exists to hoist, and a fenced copy would cost a write
 and a read of their bytes on every step (GPT-2 XL decodes at 4.6 tok/s;

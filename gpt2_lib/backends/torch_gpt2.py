@@ -246,7 +246,8 @@ class TorchBlocks:
             return _Linear(kernel, bias, scale, torch_matmul.int8_kernel_products(kernel))
         # GPT-2's projections all have a bias over their output units.
         if self._column_major_half(dense):
-            return self._float_linear(self._relaid(_column_major(dense._kernel, bias.shape[0])), bias)
+            kernel = self._relaid(_column_major(dense._kernel, bias.shape[0]))
+            return self._float_linear(kernel, bias)
         return self._float_linear(self._value(dense.kernel).reshape(-1, bias.shape[0]), bias)
 
     def _float_linear(self, kernel, bias):
@@ -284,9 +285,8 @@ class TorchBlocks:
         kernel = self._relaid(_side_by_side([layer._kernel for layer in dense], columns))
         if not int8:
             return (self._float_linear(kernel, bias),)
-        scale = self.torch.cat([
-            ops.convert_to_tensor(layer.kernel_scale).detach().float().reshape(-1) for layer in dense
-        ])
+        scales = [ops.convert_to_tensor(layer.kernel_scale).detach().float() for layer in dense]
+        scale = self.torch.cat([scale.reshape(-1) for scale in scales])
         return (_Linear(kernel, bias, scale, torch_matmul.int8_kernel_products(kernel)),)
 
     def _read(self):
@@ -345,7 +345,6 @@ class TorchBlocks:
         else:
             rows = tokens[ids]
         return rows + positions[ops.convert_to_tensor(position_ids)]
-
 
     def _layer_norm(self, x, norm):
         # LayerNorm in float32 whatever the compute dtype, as Keras does.
@@ -412,7 +411,8 @@ class TorchBlocks:
             heads = projected[0].reshape(batch, seq, 3, self.num_heads, self.head_dim)
             query, key, value = heads.unbind(2)
         else:
-            query, key, value = (p.reshape(batch, seq, self.num_heads, self.head_dim) for p in projected)
+            shape = (batch, seq, self.num_heads, self.head_dim)
+            query, key, value = (projection.reshape(shape) for projection in projected)
         attended = self._attend(query, key, value, attention_mask, cache, index, layer)
         attended = self._linear(attended.reshape(batch * seq, hidden), weights.attention_output)
         x = x + attended.reshape(x.shape)

@@ -364,7 +364,8 @@ class GPT2Backbone(Backbone):
         if blocks is not None:
             hidden_states = blocks.embeddings(token_ids, position_ids)
         else:
-            tokens = embedding_lookup(self.token_embedding, token_ids)  # int4: only these rows unpacked
+            # int4: only these rows unpacked
+            tokens = embedding_lookup(self.token_embedding, token_ids)
             hidden_states = tokens + self.position_embedding(padding_mask, position_ids)
         attention_mask = causal_attention_mask(
             padding_mask, query_start=query_start, query_length=seq
