@@ -25,8 +25,17 @@ jax_only = pytest.mark.skipif(
 
 
 def xla_flags(devices):
-    """`XLA_FLAGS` of this process plus `devices` virtual CPU devices."""
-    return f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+    """`XLA_FLAGS` of this process plus `devices` virtual CPU devices.
+
+    XLA aborts a process when a collective's participants have not all
+    arrived within 40 s; on a 2-core CI machine running two test workers,
+    8 virtual devices once missed it (one device thread starved, exit -6).
+    The limit is raised to 10 minutes: a real deadlock still ends the test.
+    """
+    return (
+        f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}"
+        " --xla_cpu_collective_call_terminate_timeout_seconds=600"
+    )
 
 
 def worker_env(devices):
