@@ -119,6 +119,11 @@ class _Block(NamedTuple):
     output: _Linear
 
 
+def _int8_scale(dense):
+    """An int8 dense layer's `(out,)` kernel scale, in float32."""
+    return ops.convert_to_tensor(dense.kernel_scale).detach().float().reshape(-1)
+
+
 def _column_major(variable, columns):
     """A kernel as an `(in, out)` matrix stored column by column.
 
@@ -241,7 +246,7 @@ class TorchBlocks:
         if dense.quantization_mode == "int4":
             return _Linear(torch_int4.from_layer(dense), bias)
         if dense.quantization_mode == "int8":
-            scale = ops.convert_to_tensor(dense.kernel_scale).detach().float().reshape(-1)
+            scale = _int8_scale(dense)
             kernel = self._relaid(_column_major(dense._kernel, scale.shape[0]))
             return _Linear(kernel, bias, scale, torch_matmul.int8_kernel_products(kernel))
         # GPT-2's projections all have a bias over their output units.
@@ -285,8 +290,7 @@ class TorchBlocks:
         kernel = self._relaid(_side_by_side([layer._kernel for layer in dense], columns))
         if not int8:
             return (self._float_linear(kernel, bias),)
-        scales = [ops.convert_to_tensor(layer.kernel_scale).detach().float() for layer in dense]
-        scale = self.torch.cat([scale.reshape(-1) for scale in scales])
+        scale = self.torch.cat([_int8_scale(layer) for layer in dense])
         return (_Linear(kernel, bias, scale, torch_matmul.int8_kernel_products(kernel)),)
 
     def _read(self):
