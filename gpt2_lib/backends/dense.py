@@ -17,11 +17,9 @@ Seven measured gains, all computing what the Keras layer computes:
   so batch-1 decoding pads its row with a zero row, and the tied embedding
   is contracted as stored `(vocab, hidden)` (a transposed copy would be
   made: on JAX int8, with a ~6-9x slower product; on TensorFlow int32,
-  +154 MB hoisted out of the loop, with a 7x slower product). Inside
-  JAX's `generate()` loops `loop_weights` keeps XLA from hoisting int32
-  copies of the kernels (an `optimization_barrier` here did not: XLA:CPU
-  removes barriers before it schedules, and removing it changed neither
-  speed nor temporaries). GPT-2 base int8 generation on JAX decodes 91.4
+  +154 MB hoisted out of the loop, with a 7x slower product). On JAX a
+  kernel with many inputs (the MLP output) is multiplied in slices of
+  inputs (`_summed_over_input_slices`). GPT-2 base int8 generation on JAX decodes 91.4
   tok/s at batch 1 and 367.4 at batch 8, 1.31x and 1.39x float32 (69.6 and
   263.6) (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`);
   on TensorFlow 127 and 522, where it did 64 and 307 before the row was
@@ -166,12 +164,45 @@ def _products_as_stored(rows, kernel, transposed, accumulation):
         contracted = 1 if transposed else 0
         dimensions = (((1,), (contracted,)), ((), ()))
 
-        def product(rows):
+        def one_product(rows, kernel):
             return jax.lax.dot_general(
                 rows, kernel, dimensions, preferred_element_type=accumulation
             )
 
+        def product(rows):
+            if accumulation != "int32" or transposed:
+                return one_product(rows, kernel)
+            return _summed_over_input_slices(one_product, rows, kernel)
+
     return _one_row_as_two(product, rows)
+
+
+# Input features per int8 product on JAX (`_summed_over_input_slices`).
+_INT8_INPUT_SLICE = 768
+
+
+def _summed_over_input_slices(product, rows, kernel):
+    """`product(rows, kernel)` for a kernel with at least twice as many
+    inputs as outputs (GPT-2's MLP output), as int32 products over slices
+    of at most `_INT8_INPUT_SLICE` inputs, summed (exact: int32 sums).
+
+    Inside `generate()` XLA:CPU's int8 GEMM (YNNPACK) reads such a kernel
+    at half the rate of the others: GPT-2 base's `(3072, 768)` took ~370
+    us a step, its `(768, 3072)` ~180. Sliced, GPT-2 base int8 decoded
+    1.09x faster at batch 1 and 1.08x at batch 8, medium 1.17x, large
+    1.05x; slicing the `(1024, 1024)` attention kernels too made medium
+    0.86x (`benchmarks/NOTES.md`).
+    """
+    features = rows.shape[-1]
+    count = -(-features // _INT8_INPUT_SLICE)
+    if count == 1 or features < 2 * kernel.shape[-1]:
+        return product(rows, kernel)
+    size = -(-features // count)
+    total = None
+    for start in range(0, features, size):
+        part = product(rows[:, start : start + size], kernel[start : start + size])
+        total = part if total is None else total + part
+    return total
 
 
 def _tensorflow_half_product(kernel, transposed):

@@ -108,6 +108,30 @@ def test_int8_products_are_exact(rows):
         )
 
 
+@pytest.mark.skipif(keras.config.backend() != "jax", reason="the sliced int8 product is JAX's")
+@pytest.mark.parametrize("rows", [1, 8])
+def test_jax_int8_products_with_many_inputs_are_summed_over_slices(rows):
+    """On JAX an int8 kernel with at least twice as many inputs as outputs
+    (GPT-2's MLP output) is multiplied as int8 products over slices of at
+    most 768 inputs, summed in int32: equal to Keras' layer bit for bit. A
+    kernel with fewer inputs stays one product."""
+    import jax
+
+    rng = np.random.default_rng(4)
+    for in_features, units, products in ((3072, 768, 4), (1000, 400, 2), (768, 3072, 1), (800, 500, 1)):
+        keras.utils.set_random_seed(0)
+        layer = keras.layers.Dense(units)
+        layer.build((None, in_features))
+        layer.quantize("int8")
+        layer._kernel.assign(rng.integers(-127, 128, size=(in_features, units)).astype("int8"))
+        x = rng.normal(size=(rows, in_features)).astype("float32")
+        np.testing.assert_array_equal(
+            keras.ops.convert_to_numpy(dense(layer, x)), keras.ops.convert_to_numpy(layer(x))
+        )
+        jaxpr = str(jax.make_jaxpr(lambda x: dense(layer, x))(x))
+        assert jaxpr.count("preferred_element_type=int32") == products, (in_features, units, jaxpr)
+
+
 @pytest.mark.parametrize("rows", [1, 3])
 def test_int8_reverse_embedding_exact_and_gradient(rows):
     keras.utils.set_random_seed(0)
