@@ -19,7 +19,7 @@ Seven measured gains, all computing what the Keras layer computes:
   made: on JAX int8, with a ~6-9x slower product; on TensorFlow int32,
   +154 MB hoisted out of the loop, with a 7x slower product). On JAX a
   kernel with many inputs (the MLP output) is multiplied in slices of
-  inputs (`_summed_over_input_slices`). GPT-2 base int8 generation on JAX decodes 91.4
+  inputs, int8 and half precision (`_summed_over_input_slices`). GPT-2 base int8 generation on JAX decodes 91.4
   tok/s at batch 1 and 367.4 at batch 8, 1.31x and 1.39x float32 (69.6 and
   263.6) (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`);
   on TensorFlow 127 and 522, where it did 64 and 307 before the row was
@@ -170,31 +170,34 @@ def _products_as_stored(rows, kernel, transposed, accumulation):
             )
 
         def product(rows):
-            if accumulation != "int32" or transposed:
+            if transposed:
                 return one_product(rows, kernel)
             return _summed_over_input_slices(one_product, rows, kernel)
 
     return _one_row_as_two(product, rows)
 
 
-# Input features per int8 product on JAX (`_summed_over_input_slices`).
-_INT8_INPUT_SLICE = 768
+# Input features per product on JAX's YNNPACK (`_summed_over_input_slices`).
+_INPUT_SLICE = 768
 
 
 def _summed_over_input_slices(product, rows, kernel):
     """`product(rows, kernel)` for a kernel with at least twice as many
-    inputs as outputs (GPT-2's MLP output), as int32 products over slices
-    of at most `_INT8_INPUT_SLICE` inputs, summed (exact: int32 sums).
+    inputs as outputs (GPT-2's MLP output), as products over slices of at
+    most `_INPUT_SLICE` inputs, summed: exact for int8 (int32 sums); for
+    half-precision operands the float32 partial sums are added in another
+    order (within float32 rounding).
 
-    Inside `generate()` XLA:CPU's int8 GEMM (YNNPACK) reads such a kernel
-    at half the rate of the others: GPT-2 base's `(3072, 768)` took ~370
-    us a step, its `(768, 3072)` ~180. Sliced, GPT-2 base int8 decoded
-    1.09x faster at batch 1 and 1.08x at batch 8, medium 1.17x, large
-    1.05x; slicing the `(1024, 1024)` attention kernels too made medium
-    0.86x (`benchmarks/NOTES.md`).
+    Inside `generate()` XLA:CPU's YNNPACK GEMM reads such a kernel at half
+    the rate of the others: GPT-2 base's int8 `(3072, 768)` took ~370 us
+    a step, its `(768, 3072)` ~180. Sliced, GPT-2 base int8 decoded 1.09x
+    faster at batch 1 and 1.08x at batch 8, medium 1.17x, large 1.05x;
+    bfloat16 batch 1 1.03-1.09x, medium 1.07x, batch 8 unchanged. Slicing
+    the `(1024, 1024)` attention kernels too made medium int8 0.86x
+    (`benchmarks/NOTES.md`).
     """
     features = rows.shape[-1]
-    count = -(-features // _INT8_INPUT_SLICE)
+    count = -(-features // _INPUT_SLICE)
     if count == 1 or features < 2 * kernel.shape[-1]:
         return product(rows, kernel)
     size = -(-features // count)

@@ -388,6 +388,37 @@ def test_half_precision_gradients_equal_keras(name, dtype, rows):
         _assert_half_close(ours, theirs, dtype)
 
 
+@jax_only
+@pytest.mark.parametrize("rows", [1, 8])
+def test_half_precision_products_with_many_inputs_are_summed_over_slices(rows):
+    """A half-precision kernel with at least twice as many inputs as outputs
+    is multiplied over slices of at most 768 inputs on JAX: the outputs and
+    gradients equal Keras' layer within one half-precision rounding."""
+    import jax
+    import jax.numpy as jnp
+
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Dense(256, dtype="bfloat16")
+    layer.build((None, 1536))
+    x = np.random.default_rng(6).normal(size=(rows, 1536)).astype("float32")
+    _assert_half_close(dense(layer, x), layer(x), "bfloat16")
+    jaxpr = str(jax.make_jaxpr(lambda x: dense(layer, x))(x))
+    assert jaxpr.count("preferred_element_type=float32") == 2, jaxpr
+
+    values = [v.value for v in layer.trainable_variables]
+
+    def gradients(fn):
+        def of(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+                return jnp.sum(fn(x).astype("float32") ** 2)
+
+        grad_w, grad_x = jax.grad(of, argnums=(0, 1))(values, x)
+        return list(grad_w) + [grad_x]
+
+    for ours, theirs in zip(gradients(lambda x: dense(layer, x)), gradients(layer)):
+        _assert_half_close(ours, theirs, "bfloat16")
+
+
 def test_half_precision_dense_with_lora_equals_the_layer():
     layers, inputs = _half_layers("bfloat16", 2)
     layer = layers["mlp"]
