@@ -48,7 +48,11 @@ def read_csv(path):
         return list(csv.DictReader(f))
 
 
-def assert_same_weights(preset, reference, atol=1e-5):
+# Meshes sum the sharded products in another order. Eight AdamW steps at lr 1e-3 move each
+# weight by up to ~8e-3; on a Zen 5 EPYC the (2 data x 2 model) runs ended one element of
+# 49152 1.2e-5 from the one-device run (the old atol was 1e-5), where a lost or doubled
+# gradient reduction moves many by ~1e-3.
+def assert_same_weights(preset, reference, atol=5e-5):
     got, expected = GPT2Backbone.from_preset(preset), GPT2Backbone.from_preset(reference)
     assert [v.path for v in got.weights] == [v.path for v in expected.weights]
     for a, b in zip(got.weights, expected.weights):
