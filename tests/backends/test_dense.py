@@ -351,6 +351,29 @@ def test_half_precision_kernel_is_multiplied_as_stored_in_tensorflow_xla(rows):
     assert widened_kernels(lambda x: dense(layer, x)) == 0
 
 
+def _half_gradients(layer, x, fn):
+    """Gradients of `sum(fn(x) ** 2)` (in float32) with respect to the layer's
+    trainable variables and `x`, on JAX or TensorFlow."""
+    if JAX:
+        import jax
+        import jax.numpy as jnp
+
+        def of(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+                return jnp.sum(fn(x).astype("float32") ** 2)
+
+        values = [v.value for v in layer.trainable_variables]
+        grad_w, grad_x = jax.grad(of, argnums=(0, 1))(values, x)
+        return list(grad_w) + [grad_x]
+    import tensorflow as tf
+
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        loss = tf.reduce_sum(tf.cast(fn(x), "float32") ** 2)
+    return tape.gradient(loss, layer.trainable_variables + [x])
+
+
 @pytest.mark.skipif(not (JAX or TF), reason="the half-precision path is XLA's (JAX, TensorFlow)")
 @pytest.mark.parametrize("rows", [1, 8])
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
@@ -358,32 +381,8 @@ def test_half_precision_kernel_is_multiplied_as_stored_in_tensorflow_xla(rows):
 def test_half_precision_gradients_equal_keras(name, dtype, rows):
     layers, inputs = _half_layers(dtype, rows)
     layer, x = layers[name], inputs[name]
-    if JAX:
-        import jax
-        import jax.numpy as jnp
-
-        values = [v.value for v in layer.trainable_variables]
-
-        def gradients(fn):
-            def of(values, x):
-                with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
-                    return jnp.sum(fn(x).astype("float32") ** 2)
-
-            grad_w, grad_x = jax.grad(of, argnums=(0, 1))(values, x)
-            return list(grad_w) + [grad_x]
-
-    else:
-        import tensorflow as tf
-
-        def gradients(fn):
-            x_ = tf.convert_to_tensor(x)
-            with tf.GradientTape() as tape:
-                tape.watch(x_)
-                loss = tf.reduce_sum(tf.cast(fn(x_), "float32") ** 2)
-            return tape.gradient(loss, layer.trainable_variables + [x_])
-
-    ours = _on_the_half_path(lambda: gradients(lambda x: dense(layer, x)))()
-    for ours, theirs in zip(ours, gradients(layer)):
+    ours = _on_the_half_path(lambda: _half_gradients(layer, x, lambda x: dense(layer, x)))()
+    for ours, theirs in zip(ours, _half_gradients(layer, x, layer)):
         assert ours.dtype == theirs.dtype
         _assert_half_close(ours, theirs, dtype)
 
@@ -395,7 +394,6 @@ def test_half_precision_products_with_many_inputs_are_summed_over_slices(rows):
     is multiplied over slices of at most 768 inputs on JAX: the outputs and
     gradients equal Keras' layer within one half-precision rounding."""
     import jax
-    import jax.numpy as jnp
 
     keras.utils.set_random_seed(0)
     layer = keras.layers.Dense(256, dtype="bfloat16")
@@ -404,18 +402,8 @@ def test_half_precision_products_with_many_inputs_are_summed_over_slices(rows):
     _assert_half_close(dense(layer, x), layer(x), "bfloat16")
     jaxpr = str(jax.make_jaxpr(lambda x: dense(layer, x))(x))
     assert jaxpr.count("preferred_element_type=float32") == 2, jaxpr
-
-    values = [v.value for v in layer.trainable_variables]
-
-    def gradients(fn):
-        def of(values, x):
-            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
-                return jnp.sum(fn(x).astype("float32") ** 2)
-
-        grad_w, grad_x = jax.grad(of, argnums=(0, 1))(values, x)
-        return list(grad_w) + [grad_x]
-
-    for ours, theirs in zip(gradients(lambda x: dense(layer, x)), gradients(layer)):
+    ours = _half_gradients(layer, x, lambda x: dense(layer, x))
+    for ours, theirs in zip(ours, _half_gradients(layer, x, layer)):
         _assert_half_close(ours, theirs, "bfloat16")
 
 
