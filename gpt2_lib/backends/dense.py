@@ -18,8 +18,9 @@ Seven measured gains, all computing what the Keras layer computes:
   is contracted as stored `(vocab, hidden)` (a transposed copy would be
   made: on JAX int8, with a ~6-9x slower product; on TensorFlow int32,
   +154 MB hoisted out of the loop, with a 7x slower product). On JAX a
-  kernel with many inputs (the MLP output) is multiplied in slices of
-  inputs, int8 and half precision (`_summed_over_input_slices`). GPT-2 base int8 generation on JAX decodes 91.4
+  kernel with many inputs (the MLP output) is multiplied as one product
+  batched over slices of its inputs, int8 and half precision
+  (`_summed_over_input_slices`). GPT-2 base int8 generation on JAX decodes 91.4
   tok/s at batch 1 and 367.4 at batch 8, 1.31x and 1.39x float32 (69.6 and
   263.6) (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`);
   on TensorFlow 127 and 522, where it did 64 and 307 before the row was
@@ -164,48 +165,66 @@ def _products_as_stored(rows, kernel, transposed, accumulation):
         contracted = 1 if transposed else 0
         dimensions = (((1,), (contracted,)), ((), ()))
 
-        def one_product(rows, kernel):
-            return jax.lax.dot_general(
-                rows, kernel, dimensions, preferred_element_type=accumulation
-            )
-
         def product(rows):
-            if transposed:
-                return one_product(rows, kernel)
-            return _summed_over_input_slices(one_product, rows, kernel)
+            count = 1 if transposed else _input_slices(*kernel.shape)
+            if count == 1:
+                return jax.lax.dot_general(
+                    rows, kernel, dimensions, preferred_element_type=accumulation
+                )
+            return _summed_over_input_slices(rows, kernel, count, accumulation)
 
     return _one_row_as_two(product, rows)
 
 
-# Input features per product on JAX's YNNPACK (`_summed_over_input_slices`).
+# Most input features per slice on JAX's YNNPACK (`_input_slices`), and fewest.
 _INPUT_SLICE = 768
+_SMALLEST_SLICE = 128
 
 
-def _summed_over_input_slices(product, rows, kernel):
-    """`product(rows, kernel)` for a kernel with at least twice as many
-    inputs as outputs (GPT-2's MLP output), as products over slices of at
-    most `_INPUT_SLICE` inputs, summed: exact for int8 (int32 sums); for
-    half-precision operands the float32 partial sums are added in another
-    order (within float32 rounding).
+def _input_slices(features, outputs):
+    """Into how many equal slices of its inputs JAX multiplies a kernel.
 
-    Inside `generate()` XLA:CPU's YNNPACK GEMM reads such a kernel at half
-    the rate of the others: GPT-2 base's int8 `(3072, 768)` took ~370 us
-    a step, its `(768, 3072)` ~180. Sliced, GPT-2 base int8 decoded 1.09x
-    faster at batch 1 and 1.08x at batch 8, medium 1.17x, large 1.05x;
-    bfloat16 batch 1 1.03-1.09x, medium 1.07x, batch 8 unchanged. Slicing
-    the `(1024, 1024)` attention kernels too made medium int8 0.86x
-    (`benchmarks/NOTES.md`).
+    A kernel with at least twice as many inputs as outputs (GPT-2's MLP
+    output) is cut into the fewest equal slices of at most `_INPUT_SLICE`
+    inputs (and at least `_SMALLEST_SLICE`; else it stays whole); any other
+    kernel stays whole (slicing medium's `(1024, 1024)` attention kernels in
+    two made its int8 decoding 0.86x, `benchmarks/NOTES.md`).
     """
-    features = rows.shape[-1]
-    count = -(-features // _INPUT_SLICE)
-    if count == 1 or features < 2 * kernel.shape[-1]:
-        return product(rows, kernel)
-    size = -(-features // count)
-    total = None
-    for start in range(0, features, size):
-        part = product(rows[:, start : start + size], kernel[start : start + size])
-        total = part if total is None else total + part
-    return total
+    if features < 2 * outputs:
+        return 1
+    for count in range(-(-features // _INPUT_SLICE), features // _SMALLEST_SLICE + 1):
+        if features % count == 0:
+            return count
+    return 1
+
+
+def _summed_over_input_slices(rows, kernel, count, accumulation):
+    """`rows @ kernel` on JAX as one product batched over `count` slices of
+    the inputs, the slices' products summed in `accumulation`: exact for
+    int8 (int32 sums); for half-precision operands the float32 partial sums
+    are added in another order (within float32 rounding).
+
+    Inside `generate()` XLA:CPU's YNNPACK GEMM reads a kernel with many
+    inputs at about half the rate of the others: GPT-2 base's int8
+    `(3072, 768)` took ~370 us a step, its `(768, 3072)` ~180. Both
+    operands are reshaped (free: the kernel's slices are consecutive rows),
+    so no slice of the kernel is copied; as separate products of sliced
+    operands XLA copied each kernel slice (~74 us each, 18% of an int8
+    step). Against those, batched: GPT-2 base int8 1.11-1.15x at batch 1,
+    1.05x at batch 8, medium 1.17x, large 1.11x, bfloat16 1.01x; against one product,
+    the slices were 1.09x / 1.08x / 1.17x (`benchmarks/NOTES.md`).
+    """
+    import jax
+
+    features, outputs = kernel.shape
+    size = features // count
+    slices = jax.lax.dot_general(
+        rows.reshape(rows.shape[0], count, size),
+        kernel.reshape(count, size, outputs),
+        (((2,), (1,)), ((1,), (0,))),
+        preferred_element_type=accumulation,
+    )  # (count, rows, outputs)
+    return slices.sum(axis=0)
 
 
 def _tensorflow_half_product(kernel, transposed):

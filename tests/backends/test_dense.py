@@ -112,13 +112,23 @@ def test_int8_products_are_exact(rows):
 @pytest.mark.parametrize("rows", [1, 8])
 def test_jax_int8_products_with_many_inputs_are_summed_over_slices(rows):
     """On JAX an int8 kernel with at least twice as many inputs as outputs
-    (GPT-2's MLP output) is multiplied as int8 products over slices of at
-    most 768 inputs, summed in int32: equal to Keras' layer bit for bit. A
-    kernel with fewer inputs stays one product."""
+    (GPT-2's MLP output) is multiplied as one int8 product batched over the
+    fewest equal slices of at most 768 inputs, summed in int32: equal to
+    Keras' layer bit for bit. A kernel with fewer inputs, or whose inputs
+    cannot be cut into equal slices of 128-768, stays one product."""
     import jax
 
     rng = np.random.default_rng(4)
-    for in_features, units, products in ((3072, 768, 4), (1000, 400, 2), (768, 3072, 1), (800, 500, 1)):
+    padded = max(rows, 2)  # a single row is multiplied as two
+    cases = (
+        (3072, 768, 4),  # GPT-2 base's MLP output: 4 x 768
+        (4096, 1024, 8),  # medium's: not 6 x 682.7, 8 x 512
+        (1000, 400, 2),
+        (1543, 500, 1),  # a prime: no equal slices
+        (768, 3072, 1),
+        (800, 500, 1),
+    )
+    for in_features, units, slices in cases:
         keras.utils.set_random_seed(0)
         layer = keras.layers.Dense(units)
         layer.build((None, in_features))
@@ -129,7 +139,9 @@ def test_jax_int8_products_with_many_inputs_are_summed_over_slices(rows):
             keras.ops.convert_to_numpy(dense(layer, x)), keras.ops.convert_to_numpy(layer(x))
         )
         jaxpr = str(jax.make_jaxpr(lambda x: dense(layer, x))(x))
-        assert jaxpr.count("preferred_element_type=int32") == products, (in_features, units, jaxpr)
+        assert jaxpr.count("preferred_element_type=int32") == 1, (in_features, units, jaxpr)
+        product = f"i32[{slices},{padded},{units}]" if slices > 1 else f"i32[{padded},{units}]"
+        assert f"{product} = dot_general" in jaxpr, (in_features, units, jaxpr)
 
 
 @pytest.mark.parametrize("rows", [1, 3])
@@ -391,7 +403,7 @@ def test_half_precision_gradients_equal_keras(name, dtype, rows):
 @pytest.mark.parametrize("rows", [1, 8])
 def test_half_precision_products_with_many_inputs_are_summed_over_slices(rows):
     """A half-precision kernel with at least twice as many inputs as outputs
-    is multiplied over slices of at most 768 inputs on JAX: the outputs and
+    is multiplied batched over slices of at most 768 inputs on JAX: the outputs and
     gradients equal Keras' layer within one half-precision rounding."""
     import jax
 
@@ -401,7 +413,8 @@ def test_half_precision_products_with_many_inputs_are_summed_over_slices(rows):
     x = np.random.default_rng(6).normal(size=(rows, 1536)).astype("float32")
     _assert_half_close(dense(layer, x), layer(x), "bfloat16")
     jaxpr = str(jax.make_jaxpr(lambda x: dense(layer, x))(x))
-    assert jaxpr.count("preferred_element_type=float32") == 2, jaxpr
+    assert jaxpr.count("preferred_element_type=float32") == 1, jaxpr
+    assert f"f32[2,{max(rows, 2)},256] = dot_general" in jaxpr, jaxpr  # two slices of 768
     ours = _half_gradients(layer, x, lambda x: dense(layer, x))
     for ours, theirs in zip(ours, _half_gradients(layer, x, layer)):
         _assert_half_close(ours, theirs, "bfloat16")
