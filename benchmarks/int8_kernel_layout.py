@@ -24,7 +24,8 @@ import subprocess
 import sys
 import time
 
-# GPT-2 medium's four projections (query, key and value each (1024, 1024)).
+# GPT-2 medium's projections (query, key, value and attention output each
+# (1024, 1024); the MLP's input and output), then base's MLP input and output.
 SHAPES = [(1024, 1024), (1024, 4096), (4096, 1024), (768, 3072), (3072, 768)]
 
 
@@ -90,7 +91,7 @@ def worker(args):
     rows = 1 if args.worker == "torch" else args.rows
     for k, n in SHAPES:
         seconds = {layout: chain(args.worker, k, n, rows, args.layers, layout) for layout in ("in_out", "out_in")}
-        cells = [f"{seconds[l] * 1e6:.0f} us ({k * n / seconds[l] / 1e9:.1f} GB/s)" for l in seconds]
+        cells = [f"{s * 1e6:.0f} us ({k * n / s / 1e9:.1f} GB/s)" for s in seconds.values()]
         print(f"| {args.worker} | ({k}, {n}) | {rows} | {cells[0]} | {cells[1]} | {seconds['in_out'] / seconds['out_in']:.2f}x |", flush=True)
 
 

@@ -211,8 +211,8 @@ def _summed_over_input_slices(rows, kernel, count, accumulation):
     so no slice of the kernel is copied; as separate products of sliced
     operands XLA copied each kernel slice (~74 us each, 18% of an int8
     step). Against those, batched: GPT-2 base int8 1.11-1.15x at batch 1,
-    1.05x at batch 8, medium 1.17x, large 1.11x, bfloat16 1.01x; against one product,
-    the slices were 1.09x / 1.08x / 1.17x (`benchmarks/NOTES.md`).
+    1.05x at batch 8, medium 1.17x, large 1.11x, bfloat16 1.01x; against
+    one product, the slices were 1.09x / 1.08x / 1.17x (`benchmarks/NOTES.md`).
     """
     import jax
 
