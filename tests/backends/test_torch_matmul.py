@@ -180,14 +180,51 @@ def test_causal_lm_loss_and_gradients_equal_the_mkl_path(products, dropout):
         torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("bias", [None, "contiguous", "strided"])
+def test_one_row_products_over_column_halves_equal_addmm(monkeypatch, bias):
+    import torch
+
+    (x, stored, *b), _ = _operands(2, 98, "kernel", bias, requires_grad=False)
+    b = b[0] if b else None
+    reference = x @ stored if b is None else torch.addmm(b, x, stored)
+    batched = []
+    monkeypatch.setattr(torch, "baddbmm", lambda *a: batched.append(1) or torch.Tensor.baddbmm(*a))
+    monkeypatch.setattr(torch, "bmm", lambda *a: batched.append(1) or torch.Tensor.bmm(*a))
+    product = torch_matmul.kernel_product(stored, b)
+    torch.testing.assert_close(product(x[:1]), reference[:1], rtol=1e-5, atol=1e-5)
+    assert batched == [1]
+    torch.testing.assert_close(product(x), reference, rtol=1e-5, atol=1e-5)
+    assert batched == [1]  # two rows: one oneDNN product
+
+
+def test_column_halves_only_for_contiguous_float32_kernels_with_even_outputs():
+    import torch
+
+    halves = torch_matmul._one_row_over_column_halves
+    assert halves(torch.ones(8, 6), None) is not None
+    assert halves(torch.ones(8, 7), None) is None  # odd outputs
+    assert halves(torch.ones(6, 8).t(), None) is None  # a transposed table (the LM head)
+    assert halves(torch.ones(8, 6, dtype=torch.bfloat16), None) is None
+
+
 @pytest.mark.parametrize("dtype, uses_onednn", [("float32", True), ("bfloat16", False)])
-def test_generation_products_on_onednn_for_float32(products, dtype, uses_onednn):
+def test_generation_products_on_onednn_for_float32(products, monkeypatch, dtype, uses_onednn):
+    halves = []
+    original = torch_matmul._one_row_over_column_halves
+
+    def counted(kernel, bias):
+        product = original(kernel, bias)
+        return product and (lambda row: halves.append(1) or product(row))
+
+    monkeypatch.setattr(torch_matmul, "_one_row_over_column_halves", counted)
     lm = GPT2CausalLM(_backbone(dtype=dtype))
     lm.compile(sampler="greedy")
     prompt = {"token_ids": np.array([[5, 6, 0, 0]]), "padding_mask": np.array([[1, 1, 0, 0]])}
     got = lm.generate(prompt, stop_token_ids=None)
-    # 6 products per block in the prefill pass, then 2 steps with the LM head.
-    assert len(products) == ((6 * 2 + 2 * (6 * 2 + 1)) if uses_onednn else 0)
+    # 6 products per block in the prefill pass, then 2 one-row steps: the
+    # blocks' products over column halves, the LM head (a transposed table) on oneDNN.
+    assert len(products) == ((6 * 2 + 2) if uses_onednn else 0)
+    assert len(halves) == (2 * 6 * 2 if uses_onednn else 0)
     if uses_onednn:
         products.disable()
         np.testing.assert_array_equal(lm.generate(prompt, stop_token_ids=None)["token_ids"],
