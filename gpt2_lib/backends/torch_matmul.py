@@ -307,8 +307,9 @@ def matmul(rows, kernel, bias=None):
 def _one_row_over_column_halves(kernel, bias):
     """A one-row product as one `baddbmm` over the kernel's two column halves, or None.
 
-    oneDNN runs a one-row float32 product on one core; batched over two
-    column halves (`as_strided` views, no copy) it runs on both. On a
+    oneDNN reads the kernel of a one-row float32 product at 13-15 GB/s;
+    batched over two column halves (`as_strided` views, no copy), one per
+    core, it reads it faster. On a
     2-core AMD EPYC, the 48 block kernels of GPT-2 base read from memory
     (cycled through 1 GB): 1.9 ms a block on oneDNN (15 GB/s), 1.28 ms as
     halves (22 GB/s, the machine's read bandwidth is ~25); from 2 rows
