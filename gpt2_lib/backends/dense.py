@@ -1,6 +1,6 @@
 """Dense projections on 2D rows: exact int8, gather-free int4, half on JAX, oneDNN on torch.
 
-Seven measured gains, all computing what the Keras layer computes:
+Eight measured gains, all computing what the Keras layer computes:
 
 * `dense_on_rows`: XLA's CPU backward of a 3D x 2D matmul (`(batch, seq,
   hidden) @ (hidden, out)`) runs ~1.4x slower than the same product on 2D
@@ -58,17 +58,19 @@ Seven measured gains, all computing what the Keras layer computes:
   (`supports_int4`; GPT-2 base batch 1 3.9 -> 8.2 tok/s on JAX; on
   TensorFlow, with its int4 weights fenced in the decode loop by
   `loop_weights`, 3.8 -> 11.7 tok/s against Keras' gather).
-* a single row of a float layer on TensorFlow (`_one_row_on_tensorflow`):
-  TensorFlow's XLA fuses a one-row product into a loop on one core, so it
-  is multiplied as two rows. With `generate()` under XLA, GPT-2 base
-  float32 decodes 58.2 tok/s at batch 1 and 300.6 at batch 8, where
-  TensorFlow's own kernels did 46.3 and 175.6 (70.2 at batch 1 once the
-  bias-free LM head was left as one row).
+* a single row of a float layer on TensorFlow (`_one_row_on_tensorflow`;
+  float32 ones in XLA take input slices, the last item): TensorFlow's XLA
+  fuses a one-row product into a loop on one core, so it is multiplied as
+  two rows (GPT-2 base under XLA: 58.2 tok/s at batch 1, where
+  TensorFlow's own kernels did 46.3).
 * a float layer contracting several axes on JAX (`_several_axes_on_jax`,
   the attention output `btnh,nhd->btd`): XLA:CPU copied its kernel,
   transposed, on every call (every decoding step); as 2D rows it reads
   the kernel as stored. GPT-2 base generation's temporaries at batch 1:
   38.5 -> 10.6 MB; its speed is unchanged (within 1-4%).
+* a single float32 row on JAX or in TensorFlow's XLA on a CPU, batched
+  over input slices (`_one_row_input_slices`): batch-1 decoding 1.19-1.25x
+  faster on JAX, 1.69x on TensorFlow.
 """
 
 import contextlib
@@ -357,6 +359,59 @@ def _several_axes_on_jax(layer):
     return keras.config.backend() == "jax" and contracted is not None and contracted > 1
 
 
+_ONE_ROW_SLICE = 128
+
+
+def _one_row_input_slices(layer, inputs):
+    """Into how many input slices a single row of a float32 layer is
+    multiplied by its kernel, on JAX on a CPU and in TensorFlow's XLA on a
+    CPU (within `tensorflow_xla`), or None for any other call.
+
+    XLA:CPU multiplies one row by an `(in, out)` float32 kernel on about one
+    core; padded to two rows (TensorFlow), its GEMM reads ~10 GB/s. As one
+    product batched over the fewest equal slices of at most 128 inputs
+    (`_one_row_over_input_slices`), GPT-2 base's 72 block kernels take
+    14.3 ms instead of 18.0 on JAX and 18.0 instead of 35.0 on TensorFlow;
+    batch-1 decoding is 1.19-1.25x faster on JAX (medium 1.16x) and 1.69x
+    on TensorFlow (`benchmarks/NOTES.md`). More rows are left whole.
+    """
+    contracted = _float_contracted_axes(layer)
+    if contracted is None or layer.compute_dtype != "float32":
+        return None
+    if keras.config.backend() == "jax":
+        import jax
+
+        if jax.default_backend() != "cpu":
+            return None
+    elif keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not _TENSORFLOW_XLA.get() or tf.config.list_physical_devices("GPU"):
+            return None
+    else:
+        return None
+    leading = tuple(inputs.shape)[: len(inputs.shape) - contracted]
+    if not all(size == 1 for size in leading):
+        return None
+    features = 1
+    for size in tuple(layer.kernel.shape)[:contracted]:
+        features *= size
+    for count in range(-(-features // _ONE_ROW_SLICE), features + 1):
+        if features % count == 0:
+            return count if count > 1 else None
+
+
+def _one_row_over_input_slices(row, kernel, count):
+    """`row @ kernel` for a `(1, in)` row as one product batched over `count`
+    equal slices of the inputs, summed: the kernel is only reshaped (its
+    slices are consecutive rows), and the float32 partial sums are added in
+    another order (within float32 rounding)."""
+    features, outputs = kernel.shape
+    size = features // count
+    slices = ops.matmul(ops.reshape(row, (count, 1, size)), ops.reshape(kernel, (count, size, outputs)))
+    return ops.sum(slices, axis=0)  # (count, 1, outputs) -> (1, outputs)
+
+
 def _float32_on_torch_cpu(layer, inputs):
     """True for a float32 layer (not quantized) on float32 torch CPU inputs.
 
@@ -380,9 +435,12 @@ def dense(layer, inputs):
     half-precision ones on JAX on a CPU or in TensorFlow's XLA a dot with a
     float32 result that reads the kernel as stored (`supports_half`),
     float32 ones on torch on a CPU oneDNN's (`torch_matmul`), a single
-    row on TensorFlow a product of two rows (`_one_row_on_tensorflow`),
-    and float ones contracting several axes on JAX a product of 2D rows
-    (`_several_axes_on_jax`); every other call is the layer's own.
+    row of a float32 layer on JAX or in TensorFlow's XLA on a CPU a product
+    batched over input slices (`_one_row_input_slices`), any other single
+    row on TensorFlow a product of two rows (`_one_row_on_tensorflow`), and
+    float ones contracting
+    several axes on JAX a product of 2D rows (`_several_axes_on_jax`);
+    every other call is the layer's own.
 
     Args:
         layer: a built `keras.layers.Dense` or `EinsumDense` whose bias spans
@@ -415,7 +473,8 @@ def dense(layer, inputs):
     on_onednn = _float32_on_torch_cpu(layer, inputs)
     half = supports_half(layer)
     several_axes = _several_axes_on_jax(layer)
-    if not (on_onednn or half or several_axes or _one_row_on_tensorflow(layer, inputs)):
+    one_row_slices = _one_row_input_slices(layer, inputs)
+    if not (on_onednn or half or several_axes or one_row_slices or _one_row_on_tensorflow(layer, inputs)):
         return layer(inputs)
     kernel = ops.cast(layer.kernel, layer.compute_dtype)  # LoRA included
     inputs = ops.cast(inputs, layer.compute_dtype)
@@ -425,8 +484,10 @@ def dense(layer, inputs):
         return unflatten(torch_matmul.matmul(rows, kernel, bias))
     if half:
         products = _half_products(rows, kernel)
+    elif one_row_slices:
+        products = _one_row_over_input_slices(rows, kernel, one_row_slices)
     elif several_axes:
-        products = ops.matmul(rows, kernel)  # one row stays one: XLA's GEMV reads it fastest
+        products = ops.matmul(rows, kernel)
     else:
         products = _one_row_as_two(lambda rows: ops.matmul(rows, kernel), rows)
     return unflatten(ops.add(products, bias))

@@ -269,8 +269,15 @@ class CausalLM(Task):
 
         jit = self._xla_for_generation()
         variables = self.trainable_variables + self.non_trainable_variables
-        if not (jit and any(loop_weights.enters_as_bits(v) for v in variables)):
-            return tf.function(self.generate_step, jit_compile=jit, autograph=False)
+        if not jit:
+            return tf.function(self.generate_step, jit_compile=False, autograph=False)
+        if not any(loop_weights.enters_as_bits(v) for v in variables):
+
+            def generate_in_xla(inputs, stop_token_ids=None):
+                with dense.tensorflow_xla():
+                    return self.generate_step(inputs, stop_token_ids)
+
+            return tf.function(generate_in_xla, jit_compile=True, autograph=False)
 
         def stateless_generate(values, inputs, stop_token_ids):
             mapping = zip(variables, loop_weights.carry_out(values, variables))

@@ -564,3 +564,167 @@ def test_generation_reads_the_attention_output_kernels_as_stored(monkeypatch):
     assert not transposed_kernels()
     monkeypatch.setattr(dense_module, "_several_axes_on_jax", lambda layer: False)  # Keras' einsum
     assert transposed_kernels()
+
+
+
+def _one_row_float32_layers():
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(7)
+    up = keras.layers.Dense(3072)
+    up.build((None, None, 768))
+    down = keras.layers.Dense(768)
+    down.build((None, None, 3072))
+    output = keras.layers.EinsumDense("btnh,nhd->btd", (None, 768), bias_axes="d")
+    output.build((None, None, 12, 64))
+    odd = keras.layers.Dense(50)
+    odd.build((None, None, 131))  # a prime: no equal slices of at most 128
+    for layer in (up, down, output, odd):
+        layer.bias.assign(rng.normal(size=layer.bias.shape).astype("float32"))
+    return {"up": (up, (768,), 6), "down": (down, (3072,), 24), "output": (output, (12, 64), 6),
+            "odd": (odd, (131,), 131)}
+
+
+def _batched_products(layer, x):
+    """The `(batch, rows, outputs)` shapes of the batched float32 products
+    that `dense(layer, x)` traces (in TensorFlow's XLA on TensorFlow)."""
+    if JAX:
+        import jax
+
+        jaxpr = str(jax.make_jaxpr(lambda x: dense(layer, x))(x))
+        return [tuple(map(int, shape)) for shape in re.findall(r"f32\[(\d+),(\d+),(\d+)\] = dot_general", jaxpr)]
+    import tensorflow as tf
+
+    with dense_module.tensorflow_xla():
+        graph = tf.function(lambda x: dense(layer, x)).get_concrete_function(tf.TensorSpec(x.shape)).graph
+    return [tuple(op.outputs[0].shape) for op in graph.get_operations() if op.type.startswith("BatchMatMul")]
+
+
+def _values_and_gradients(layer, fn, x, jit):
+    """`[fn(x), d/dx, d/dweights...]` of `sum(fn(x) ** 2)`, on JAX (jitted or
+    not) or in TensorFlow's XLA (`jit`: a jit-compiled `tf.function`)."""
+    if JAX:
+        import jax
+        import jax.numpy as jnp
+
+        def loss(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+                out = fn(x)
+            return jnp.sum(out**2), out
+
+        def run():
+            values = [v.value for v in layer.trainable_variables]
+            (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(values, x)
+            return [out, grads[1], *grads[0]]
+
+        return [np.asarray(a) for a in (jax.jit(run)() if jit else run())]
+    import tensorflow as tf
+
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = fn(x)
+            loss = tf.reduce_sum(out**2)
+        return [out, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    with dense_module.tensorflow_xla():
+        x = tf.constant(x)
+        return [np.asarray(a) for a in (tf.function(run, jit_compile=True)(x) if jit else run(x))]
+
+
+@pytest.mark.skipif(not XLA, reason="input slices are for XLA:CPU (JAX, TensorFlow's XLA)")
+@pytest.mark.parametrize("lora", [False, True])
+@pytest.mark.parametrize("name", ["up", "down", "output", "odd"])
+def test_one_float32_row_in_xla_is_summed_over_input_slices(name, lora):
+    """A single row of a float32 layer on JAX's CPU or in TensorFlow's XLA
+    is multiplied as one product batched over the fewest equal slices of at
+    most 128 inputs (768 -> 6, 3072 -> 24; 131, a prime, -> 131 slices of
+    one): the layer's values and the gradients of the input and every
+    trainable weight (LoRA's included) within float32 rounding, eagerly and
+    compiled. Two rows are left to XLA's GEMM."""
+    layer, contracted, slices = _one_row_float32_layers()[name]
+    if lora:
+        layer.enable_lora(2)
+        layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 0.05, "float32"))
+    rng = np.random.default_rng(8)
+    one = rng.normal(size=(1, 1, *contracted)).astype("float32")
+    two = rng.normal(size=(1, 2, *contracted)).astype("float32")
+    with dense_module.tensorflow_xla():
+        assert dense_module._one_row_input_slices(layer, one) == slices
+        assert dense_module._one_row_input_slices(layer, two) is None
+    units = layer.bias.shape[-1]
+    assert (slices, 1, units) in _batched_products(layer, one)  # (LoRA's kernel is a product too)
+    assert not [shape for shape in _batched_products(layer, two) if shape[0] == slices]
+    expected = _values_and_gradients(layer, layer, one, jit=False)
+    for jit in (False, True):
+        actual = _values_and_gradients(layer, lambda x: dense(layer, x), one, jit)
+        assert len(actual) == len(expected) == 2 + len(layer.trainable_variables)
+        for a, e in zip(actual, expected):
+            assert a.shape == e.shape
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * np.abs(e).max())
+
+
+@pytest.mark.skipif(not XLA, reason="input slices are for XLA:CPU (JAX, TensorFlow's XLA)")
+def test_one_row_input_slices_only_for_float32_in_xla():
+    """Not for half precision, int8, a kernel of at most 128 inputs, a
+    symbolic batch, nor TensorFlow outside its XLA generate function."""
+    row = np.ones((1, 768), "float32")
+    keras.utils.set_random_seed(0)
+    wide = keras.layers.Dense(64)
+    wide.build((None, 768))
+    assert dense_module._one_row_input_slices(wide, row) == (6 if JAX else None)
+    assert _batched_products(wide, row) == [(6, 1, 64)]
+    with dense_module.tensorflow_xla():
+        assert dense_module._one_row_input_slices(wide, row) == 6
+        assert dense_module._one_row_input_slices(wide, keras.KerasTensor((None, 768))) is None
+        half = keras.layers.Dense(64, dtype="bfloat16")
+        half.build((None, 768))
+        assert dense_module._one_row_input_slices(half, row) is None
+        quantized = keras.layers.Dense(64)
+        quantized.build((None, 768))
+        quantized.quantize("int8")
+        assert dense_module._one_row_input_slices(quantized, row) is None
+        small = keras.layers.Dense(64)
+        small.build((None, 128))  # one slice: left whole
+        assert dense_module._one_row_input_slices(small, np.ones((1, 128), "float32")) is None
+
+
+@pytest.mark.skipif(not XLA, reason="input slices are for XLA:CPU (JAX, TensorFlow's XLA)")
+def test_float32_generation_over_input_slices_equals_whole_products(monkeypatch):
+    """Batch-1 float32 decoding on JAX and in TensorFlow's XLA, its one-row
+    products over input slices: the same greedy tokens as whole products,
+    and one token's hidden states within float32 rounding."""
+    from gpt2_lib.models import GPT2Backbone
+    from gpt2_lib.models import GPT2CausalLM
+
+    keras.utils.set_random_seed(0)
+    backbone = GPT2Backbone(
+        vocabulary_size=256, num_layers=2, num_heads=4, hidden_dim=256,
+        intermediate_dim=1024, max_sequence_length=64, dropout=0.0,
+    )
+    lm = GPT2CausalLM(backbone, preprocessor=None)
+    lm.compile(sampler="greedy")
+    counts = []
+    sliced = dense_module._one_row_over_input_slices
+    monkeypatch.setattr(dense_module, "_one_row_over_input_slices",
+                        lambda row, kernel, count: counts.append(count) or sliced(row, kernel, count))
+    mask = np.zeros((1, 24), bool)
+    mask[:, :5] = True
+    prompt = {"token_ids": np.arange(24, dtype="int32")[None] % 256, "padding_mask": mask}
+    one_token = {"token_ids": np.array([[7]], "int32"), "padding_mask": np.ones((1, 1), bool)}
+
+    def run():
+        lm.generate_function = None
+        tokens = lm.generate(prompt, max_length=24, stop_token_ids=None)["token_ids"]
+        generated = sorted(set(counts))
+        with dense_module.tensorflow_xla():
+            hidden = backbone(one_token)
+        return np.asarray(tokens), keras.ops.convert_to_numpy(hidden), generated
+
+    ours = run()
+    assert ours[2] == [2, 8], counts  # 256 inputs -> 2 slices; the MLP output's 1024 -> 8
+    monkeypatch.setattr(dense_module, "_one_row_input_slices", lambda layer, inputs: None)
+    counts.clear()
+    whole = run()
+    assert not counts
+    np.testing.assert_array_equal(ours[0], whole[0])
+    np.testing.assert_allclose(ours[1], whole[1], rtol=1e-5, atol=1e-5)
