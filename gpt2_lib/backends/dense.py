@@ -17,10 +17,10 @@ Eight measured gains, all computing what the Keras layer computes:
   so batch-1 decoding pads its row with a zero row, and the tied embedding
   is contracted as stored `(vocab, hidden)` (a transposed copy would be
   made: on JAX int8, with a ~6-9x slower product; on TensorFlow int32,
-  +154 MB hoisted out of the loop, with a 7x slower product). On JAX a
-  kernel with many inputs (the MLP output) is multiplied as one product
-  batched over slices of its inputs, int8 and half precision
-  (`_summed_over_input_slices`). GPT-2 base int8 generation on JAX decodes 91.4
+  +154 MB hoisted out of the loop, with a 7x slower product). On JAX an
+  int8 kernel, and a half-precision one with many inputs (the MLP
+  output), is multiplied as one product batched over slices of its inputs
+  (`_input_slices`). GPT-2 base int8 generation on JAX decodes 91.4
   tok/s at batch 1 and 367.4 at batch 8, 1.31x and 1.39x float32 (69.6 and
   263.6) (`benchmarks/generate.py`, quiet machine, `benchmarks/NOTES.md`);
   on TensorFlow 127 and 522, where it did 64 and 307 before the row was
@@ -168,7 +168,7 @@ def _products_as_stored(rows, kernel, transposed, accumulation):
         dimensions = (((1,), (contracted,)), ((), ()))
 
         def product(rows):
-            count = 1 if transposed else _input_slices(*kernel.shape)
+            count = 1 if transposed else _input_slices(*kernel.shape, accumulation)
             if count == 1:
                 return jax.lax.dot_general(
                     rows, kernel, dimensions, preferred_element_type=accumulation
@@ -178,23 +178,26 @@ def _products_as_stored(rows, kernel, transposed, accumulation):
     return _one_row_as_two(product, rows)
 
 
-# Most input features per slice on JAX's YNNPACK (`_input_slices`), and fewest.
-_INPUT_SLICE = 768
+# Most input features per slice on JAX's YNNPACK (`_input_slices`), by sum, and fewest.
+_INPUT_SLICE = {"int32": 256, "float32": 768}
 _SMALLEST_SLICE = 128
 
 
-def _input_slices(features, outputs):
+def _input_slices(features, outputs, accumulation):
     """Into how many equal slices of its inputs JAX multiplies a kernel.
 
-    A kernel with at least twice as many inputs as outputs (GPT-2's MLP
-    output) is cut into the fewest equal slices of at most `_INPUT_SLICE`
-    inputs (and at least `_SMALLEST_SLICE`; else it stays whole); any other
-    kernel stays whole (slicing medium's `(1024, 1024)` attention kernels in
-    two made its int8 decoding 0.86x, `benchmarks/NOTES.md`).
+    An int8 kernel (`accumulation="int32"`) is cut into the fewest equal
+    slices of at most 256 inputs: GPT-2 base int8 decodes 1.22x faster at
+    batch 1 than with only the MLP output in slices of 768 (medium 1.17x;
+    batch 8 1.00-1.02x). A half-precision kernel is cut, in slices of at
+    most 768, only if it has at least twice as many inputs as outputs
+    (GPT-2's MLP output; bfloat16 in slices of 256 decoded 0.87x). At
+    least `_SMALLEST_SLICE` inputs a slice, else the kernel stays whole
+    (`benchmarks/NOTES.md`).
     """
-    if features < 2 * outputs:
+    if accumulation != "int32" and features < 2 * outputs:
         return 1
-    for count in range(-(-features // _INPUT_SLICE), features // _SMALLEST_SLICE + 1):
+    for count in range(-(-features // _INPUT_SLICE[accumulation]), features // _SMALLEST_SLICE + 1):
         if features % count == 0:
             return count
     return 1

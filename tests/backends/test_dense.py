@@ -110,23 +110,23 @@ def test_int8_products_are_exact(rows):
 
 @pytest.mark.skipif(keras.config.backend() != "jax", reason="the sliced int8 product is JAX's")
 @pytest.mark.parametrize("rows", [1, 8])
-def test_jax_int8_products_with_many_inputs_are_summed_over_slices(rows):
-    """On JAX an int8 kernel with at least twice as many inputs as outputs
-    (GPT-2's MLP output) is multiplied as one int8 product batched over the
-    fewest equal slices of at most 768 inputs, summed in int32: equal to
-    Keras' layer bit for bit. A kernel with fewer inputs, or whose inputs
-    cannot be cut into equal slices of 128-768, stays one product."""
+def test_jax_int8_products_are_summed_over_slices(rows):
+    """On JAX an int8 kernel is multiplied as one int8 product batched over
+    the fewest equal slices of at most 256 inputs, summed in int32: equal to
+    Keras' layer bit for bit. A kernel whose inputs cannot be cut into
+    equal slices of 128-256 stays one product."""
     import jax
 
     rng = np.random.default_rng(4)
     padded = max(rows, 2)  # a single row is multiplied as two
     cases = (
-        (3072, 768, 4),  # GPT-2 base's MLP output: 4 x 768
-        (4096, 1024, 8),  # medium's: not 6 x 682.7, 8 x 512
-        (1000, 400, 2),
+        (3072, 768, 12),  # GPT-2 base's MLP output: 12 x 256
+        (768, 3072, 3),  # its MLP input
+        (768, 768, 3),  # its attention kernels
+        (4096, 1024, 16),  # medium's MLP output
+        (1000, 400, 4),  # 4 x 250
         (1543, 500, 1),  # a prime: no equal slices
-        (768, 3072, 1),
-        (800, 500, 1),
+        (200, 500, 1),  # 200 inputs: no slices of at least 128
     )
     for in_features, units, slices in cases:
         keras.utils.set_random_seed(0)
