@@ -381,17 +381,17 @@ def _one_row_input_slices(layer, inputs):
     contracted = _float_contracted_axes(layer)
     if contracted is None or layer.compute_dtype != "float32":
         return None
-    if keras.config.backend() == "jax":
-        import jax
-
-        if jax.default_backend() != "cpu":
-            return None
-    elif keras.config.backend() == "tensorflow":
+    if keras.config.backend() == "tensorflow":
         import tensorflow as tf
 
-        if not _TENSORFLOW_XLA.get() or tf.config.list_physical_devices("GPU"):
-            return None
+        on_xla_cpu = _TENSORFLOW_XLA.get() and not tf.config.list_physical_devices("GPU")
+    elif keras.config.backend() == "jax":
+        import jax
+
+        on_xla_cpu = jax.default_backend() == "cpu"
     else:
+        return None
+    if not on_xla_cpu:
         return None
     leading = tuple(inputs.shape)[: len(inputs.shape) - contracted]
     if not all(size == 1 for size in leading):
@@ -405,10 +405,8 @@ def _one_row_input_slices(layer, inputs):
 
 
 def _one_row_over_input_slices(row, kernel, count):
-    """`row @ kernel` for a `(1, in)` row as one product batched over `count`
-    equal slices of the inputs, summed: the kernel is only reshaped (its
-    slices are consecutive rows), and the float32 partial sums are added in
-    another order (within float32 rounding)."""
+    """`row @ kernel`, one `(1, in)` row, batched over `count` equal input
+    slices (the kernel only reshaped), summed: within float32 rounding."""
     features, outputs = kernel.shape
     size = features // count
     slices = ops.matmul(ops.reshape(row, (count, 1, size)), ops.reshape(kernel, (count, size, outputs)))

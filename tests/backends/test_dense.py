@@ -500,6 +500,66 @@ def test_only_a_single_float_row_is_padded_on_tensorflow():
     assert not dense_module._one_row_on_tensorflow(layers["mlp"], one)
 
 
+def _values_and_gradients(layer, fn, x, jit):
+    """`[fn(x), d/dx, d/dweights...]` of `sum(fn(x) ** 2)`, on JAX (jitted or
+    not) or in TensorFlow's XLA (`jit`: a jit-compiled `tf.function`)."""
+    if JAX:
+        import jax
+        import jax.numpy as jnp
+
+        def loss(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+                out = fn(x)
+            return jnp.sum(out**2), out
+
+        def run():
+            values = [v.value for v in layer.trainable_variables]
+            (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(values, x)
+            return [out, grads[1], *grads[0]]
+
+        return [np.asarray(a) for a in (jax.jit(run)() if jit else run())]
+    import tensorflow as tf
+
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = fn(x)
+            loss = tf.reduce_sum(out**2)
+        return [out, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    with dense_module.tensorflow_xla():
+        x = tf.constant(x)
+        return [np.asarray(a) for a in (tf.function(run, jit_compile=True)(x) if jit else run(x))]
+
+
+def _assert_dense_values_and_gradients_equal_the_layer(layer, x):
+    """`dense(layer, x)` against `layer(x)`: values and the gradients of the
+    input and every trainable weight within float32 rounding, eager and
+    compiled."""
+    expected = _values_and_gradients(layer, layer, x, jit=False)
+    for jit in (False, True):
+        actual = _values_and_gradients(layer, lambda x: dense(layer, x), x, jit)
+        assert len(actual) == len(expected) == 2 + len(layer.trainable_variables)
+        for a, e in zip(actual, expected):
+            assert a.shape == e.shape
+            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * np.abs(e).max())
+
+
+def _greedy_lm(vocabulary_size, hidden_dim, intermediate_dim):
+    """A 2-block, 4-head `GPT2CausalLM` without preprocessor, greedy."""
+    from gpt2_lib.models import GPT2Backbone
+    from gpt2_lib.models import GPT2CausalLM
+
+    keras.utils.set_random_seed(0)
+    backbone = GPT2Backbone(
+        vocabulary_size=vocabulary_size, num_layers=2, num_heads=4, hidden_dim=hidden_dim,
+        intermediate_dim=intermediate_dim, max_sequence_length=64, dropout=0.0,
+    )
+    lm = GPT2CausalLM(backbone, preprocessor=None)
+    lm.compile(sampler="greedy")
+    return lm
+
+
 @jax_only
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("rows", [1, 5])
@@ -507,9 +567,6 @@ def test_several_axes_on_jax_equal_the_layer_and_its_gradients(rows, lora):
     """The attention output (`btnh,nhd->btd`) multiplied as 2D rows: the
     layer's values and its gradients for the input and every trainable
     weight (LoRA's included), eagerly and under `jax.jit`."""
-    import jax
-    import jax.numpy as jnp
-
     layers, inputs = _layers()
     layer, x = layers["output"], inputs["output"][:, :rows]
     if lora:
@@ -517,24 +574,7 @@ def test_several_axes_on_jax_equal_the_layer_and_its_gradients(rows, lora):
         layer.lora_kernel_b.assign(np.full(layer.lora_kernel_b.shape, 0.5, "float32"))
     assert dense_module._several_axes_on_jax(layer)
     assert not dense_module._several_axes_on_jax(layers["query"])  # one contracted axis
-    values = [v.value for v in layer.trainable_variables]
-
-    def values_and_gradients(fn):
-        def loss(values, x):
-            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
-                out = fn(x)
-            return jnp.sum(out**2), out
-
-        (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(values, x)
-        return [out, grads[1], *grads[0]]
-
-    expected = values_and_gradients(layer)
-    for actual in (values_and_gradients(lambda x: dense(layer, x)),
-                   jax.jit(lambda: values_and_gradients(lambda x: dense(layer, x)))()):
-        assert len(actual) == len(expected) == 2 + len(values)
-        for a, e in zip(actual, expected):
-            assert a.shape == e.shape
-            np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-5 * np.abs(e).max())
+    _assert_dense_values_and_gradients_equal_the_layer(layer, x)
 
 
 @jax_only
@@ -542,16 +582,7 @@ def test_generation_reads_the_attention_output_kernels_as_stored(monkeypatch):
     """Inside JAX's compiled `generate()`, Keras' einsum for the attention
     output made XLA copy each output kernel transposed, `(head_dim, heads,
     hidden)`, on every step; as 2D rows no such copy is left."""
-    from gpt2_lib.models import GPT2Backbone
-    from gpt2_lib.models import GPT2CausalLM
-
-    keras.utils.set_random_seed(0)
-    backbone = GPT2Backbone(
-        vocabulary_size=128, num_layers=2, num_heads=4, hidden_dim=32,
-        intermediate_dim=64, max_sequence_length=64, dropout=0.0,
-    )
-    lm = GPT2CausalLM(backbone, preprocessor=None)
-    lm.compile(sampler="greedy")
+    lm = _greedy_lm(128, 32, 64)
     mask = np.zeros((1, 16), bool)
     mask[:, :4] = True
     inputs = lm._padded_to_bucket({"token_ids": np.zeros((1, 16), "int32"), "padding_mask": mask})
@@ -599,38 +630,6 @@ def _batched_products(layer, x):
     return [tuple(op.outputs[0].shape) for op in graph.get_operations() if op.type.startswith("BatchMatMul")]
 
 
-def _values_and_gradients(layer, fn, x, jit):
-    """`[fn(x), d/dx, d/dweights...]` of `sum(fn(x) ** 2)`, on JAX (jitted or
-    not) or in TensorFlow's XLA (`jit`: a jit-compiled `tf.function`)."""
-    if JAX:
-        import jax
-        import jax.numpy as jnp
-
-        def loss(values, x):
-            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
-                out = fn(x)
-            return jnp.sum(out**2), out
-
-        def run():
-            values = [v.value for v in layer.trainable_variables]
-            (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(values, x)
-            return [out, grads[1], *grads[0]]
-
-        return [np.asarray(a) for a in (jax.jit(run)() if jit else run())]
-    import tensorflow as tf
-
-    def run(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = fn(x)
-            loss = tf.reduce_sum(out**2)
-        return [out, *tape.gradient(loss, [x, *layer.trainable_variables])]
-
-    with dense_module.tensorflow_xla():
-        x = tf.constant(x)
-        return [np.asarray(a) for a in (tf.function(run, jit_compile=True)(x) if jit else run(x))]
-
-
 @pytest.mark.skipif(not XLA, reason="input slices are for XLA:CPU (JAX, TensorFlow's XLA)")
 @pytest.mark.parametrize("lora", [False, True])
 @pytest.mark.parametrize("name", ["up", "down", "output", "odd"])
@@ -654,13 +653,7 @@ def test_one_float32_row_in_xla_is_summed_over_input_slices(name, lora):
     units = layer.bias.shape[-1]
     assert (slices, 1, units) in _batched_products(layer, one)  # (LoRA's kernel is a product too)
     assert not [shape for shape in _batched_products(layer, two) if shape[0] == slices]
-    expected = _values_and_gradients(layer, layer, one, jit=False)
-    for jit in (False, True):
-        actual = _values_and_gradients(layer, lambda x: dense(layer, x), one, jit)
-        assert len(actual) == len(expected) == 2 + len(layer.trainable_variables)
-        for a, e in zip(actual, expected):
-            assert a.shape == e.shape
-            np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * np.abs(e).max())
+    _assert_dense_values_and_gradients_equal_the_layer(layer, one)
 
 
 @pytest.mark.skipif(not XLA, reason="input slices are for XLA:CPU (JAX, TensorFlow's XLA)")
@@ -693,16 +686,8 @@ def test_float32_generation_over_input_slices_equals_whole_products(monkeypatch)
     """Batch-1 float32 decoding on JAX and in TensorFlow's XLA, its one-row
     products over input slices: the same greedy tokens as whole products,
     and one token's hidden states within float32 rounding."""
-    from gpt2_lib.models import GPT2Backbone
-    from gpt2_lib.models import GPT2CausalLM
-
-    keras.utils.set_random_seed(0)
-    backbone = GPT2Backbone(
-        vocabulary_size=256, num_layers=2, num_heads=4, hidden_dim=256,
-        intermediate_dim=1024, max_sequence_length=64, dropout=0.0,
-    )
-    lm = GPT2CausalLM(backbone, preprocessor=None)
-    lm.compile(sampler="greedy")
+    lm = _greedy_lm(256, 256, 1024)
+    backbone = lm.backbone
     counts = []
     sliced = dense_module._one_row_over_input_slices
     monkeypatch.setattr(dense_module, "_one_row_over_input_slices",
