@@ -439,9 +439,8 @@ def dense(layer, inputs):
     row of a float32 layer on JAX or in TensorFlow's XLA on a CPU a product
     batched over input slices (`_one_row_input_slices`), any other single
     row on TensorFlow a product of two rows (`_one_row_on_tensorflow`), and
-    float ones contracting
-    several axes on JAX a product of 2D rows (`_several_axes_on_jax`);
-    every other call is the layer's own.
+    float ones contracting several axes on JAX a product of 2D rows
+    (`_several_axes_on_jax`); every other call is the layer's own.
 
     Args:
         layer: a built `keras.layers.Dense` or `EinsumDense` whose bias spans
