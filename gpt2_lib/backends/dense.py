@@ -75,6 +75,7 @@ Eight measured gains, all computing what the Keras layer computes:
 
 import contextlib
 import contextvars
+import math
 
 import keras
 from keras import ops
@@ -197,7 +198,13 @@ def _input_slices(features, outputs, accumulation):
     """
     if accumulation != "int32" and features < 2 * outputs:
         return 1
-    for count in range(-(-features // _INPUT_SLICE[accumulation]), features // _SMALLEST_SLICE + 1):
+    return _equal_slices(features, _INPUT_SLICE[accumulation], _SMALLEST_SLICE)
+
+
+def _equal_slices(features, most, least):
+    """The fewest equal slices of `features` inputs, of at most `most` and
+    at least `least` inputs each; 1 if there are none."""
+    for count in range(-(-features // most), features // least + 1):
         if features % count == 0:
             return count
     return 1
@@ -275,19 +282,22 @@ def tensorflow_xla():
 def supports_half(layer):
     """True for a bfloat16/float16 layer that is not quantized, on JAX on a
     CPU or in TensorFlow's XLA on a CPU (within `tensorflow_xla`)."""
-    if keras.config.backend() not in ("jax", "tensorflow"):
-        return False
     if layer.compute_dtype not in HALF_PRECISION:
         return False
-    if getattr(layer, "quantization_mode", None) is not None:
-        return False
+    return getattr(layer, "quantization_mode", None) is None and _on_xla_cpu()
+
+
+def _on_xla_cpu():
+    """True on JAX on a CPU, or in TensorFlow's XLA on a CPU (within `tensorflow_xla`)."""
     if keras.config.backend() == "tensorflow":
         import tensorflow as tf
 
         return _TENSORFLOW_XLA.get() and not tf.config.list_physical_devices("GPU")
-    import jax
+    if keras.config.backend() == "jax":
+        import jax
 
-    return jax.default_backend() == "cpu"
+        return jax.default_backend() == "cpu"
+    return False
 
 
 def _half_products(rows, kernel, transposed=False):
@@ -307,9 +317,7 @@ def _flattened(layer, inputs, kernel):
     """`(rows, kernel2d, unflatten)` for a Dense/EinsumDense over the last axes."""
     out_axes = len(layer.bias.shape)
     contracted = len(kernel.shape) - out_axes
-    in_features = 1
-    for size in kernel.shape[:contracted]:
-        in_features *= size
+    in_features = math.prod(kernel.shape[:contracted])
     out_shape = tuple(kernel.shape[contracted:])
     batch_shape = tuple(ops.shape(inputs)[: len(inputs.shape) - contracted])
     rows = ops.reshape(inputs, (-1, in_features))
@@ -334,8 +342,12 @@ def _one_row_on_tensorflow(layer, inputs):
     contracted = _float_contracted_axes(layer)
     if keras.config.backend() != "tensorflow" or contracted is None:
         return False
-    leading = tuple(inputs.shape)[: len(inputs.shape) - contracted]
-    return all(size == 1 for size in leading)
+    return _single_row(inputs, contracted)
+
+
+def _single_row(inputs, contracted):
+    """True if every axis of `inputs` before the `contracted` ones is 1."""
+    return all(size == 1 for size in tuple(inputs.shape)[: len(inputs.shape) - contracted])
 
 
 def _float_contracted_axes(layer):
@@ -381,27 +393,10 @@ def _one_row_input_slices(layer, inputs):
     contracted = _float_contracted_axes(layer)
     if contracted is None or layer.compute_dtype != "float32":
         return None
-    if keras.config.backend() == "tensorflow":
-        import tensorflow as tf
-
-        on_xla_cpu = _TENSORFLOW_XLA.get() and not tf.config.list_physical_devices("GPU")
-    elif keras.config.backend() == "jax":
-        import jax
-
-        on_xla_cpu = jax.default_backend() == "cpu"
-    else:
+    if not (_on_xla_cpu() and _single_row(inputs, contracted)):
         return None
-    if not on_xla_cpu:
-        return None
-    leading = tuple(inputs.shape)[: len(inputs.shape) - contracted]
-    if not all(size == 1 for size in leading):
-        return None
-    features = 1
-    for size in tuple(layer.kernel.shape)[:contracted]:
-        features *= size
-    for count in range(-(-features // _ONE_ROW_SLICE), features + 1):
-        if features % count == 0:
-            return count if count > 1 else None
+    count = _equal_slices(math.prod(layer.kernel.shape[:contracted]), _ONE_ROW_SLICE, 1)
+    return count if count > 1 else None
 
 
 def _one_row_over_input_slices(row, kernel, count):
