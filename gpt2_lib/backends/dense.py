@@ -81,8 +81,10 @@ import keras
 from keras import ops
 
 from gpt2_lib.backends import torch_matmul
-from gpt2_lib.utils.quantization import dequantize_int4
-from gpt2_lib.utils.quantization import grouped_int4
+from gpt2_lib.backends.int4_products import int4_kernel
+from gpt2_lib.backends.int4_products import int4_table
+from gpt2_lib.backends.int4_products import supports_int4
+from gpt2_lib.backends.int4_products import supports_int4_table
 
 HALF_PRECISION = ("bfloat16", "float16")
 
@@ -460,7 +462,7 @@ def dense(layer, inputs):
     if supports_int4(layer):
         shape = getattr(layer, "original_kernel_shape", None) or tuple(layer._kernel.shape[:1]) + (-1,)
         inputs = ops.cast(inputs, layer.compute_dtype)
-        rows, kernel, unflatten = _flattened(layer, inputs, ops.reshape(_int4_kernel(layer), shape))
+        rows, kernel, unflatten = _flattened(layer, inputs, ops.reshape(int4_kernel(layer), shape))
         # A single row is not padded to two (as float ones are on TensorFlow): XLA
         # fuses the dequantization into the one-row loop, reading the int4
         # values; padded, TensorFlow decoded GPT-2 base at 7.5 tok/s, not 11.7.
@@ -488,51 +490,6 @@ def dense(layer, inputs):
     return unflatten(ops.add(products, bias))
 
 
-def supports_int4(layer):
-    """True on JAX/TensorFlow for an int4 `Dense`/`EinsumDense` in even groups, weight-only, without LoRA."""
-    return (
-        keras.config.backend() in ("jax", "tensorflow")
-        and getattr(layer, "quantization_mode", None) == "int4"
-        and layer.bias is not None
-        and not getattr(layer, "lora_enabled", False)
-        and getattr(layer, "inputs_quantizer", None) is None
-        and grouped_int4(layer)
-        and layer._kernel.shape[0] % layer._int4_block_size == 0
-    )
-
-
-def _int4_kernel(layer):
-    """An int4 kernel `(in, out)` as Keras dequantizes it, without its gather."""
-    scale = layer.kernel_scale  # (groups, out)
-    values = keras.quantizers.unpack_int4(layer._kernel, scale.shape[1], axis=-1)
-    kernel = dequantize_int4(
-        ops.cast(values, scale.dtype), scale, layer.kernel_zero,
-        layer._int4_block_size, layer.g_idx, axis=0,
-    )
-    return ops.cast(kernel, layer.compute_dtype)
-
-
-def _int4_table(layer):
-    """A tied int4 table `(vocab, hidden)` as Keras dequantizes it, without its gather."""
-    values = keras.quantizers.unpack_int4(layer._embeddings, layer.output_dim, axis=-1)
-    return dequantize_int4(
-        ops.cast(values, layer.compute_dtype), layer.embeddings_scale, layer.embeddings_zero,
-        layer._int4_block_size, layer.g_idx, axis=-1,
-    )
-
-
-def supports_int4_table(layer):
-    """True on JAX/TensorFlow for a tied int4 table in even groups, weight-only, without LoRA."""
-    return (
-        keras.config.backend() in ("jax", "tensorflow")
-        and getattr(layer, "quantization_mode", None) == "int4"
-        and not getattr(layer, "lora_enabled", False)
-        and getattr(layer, "inputs_quantizer", None) is None
-        and grouped_int4(layer)
-        and layer.output_dim % layer._int4_block_size == 0
-    )
-
-
 def reverse_embedding(layer, hidden_states):
     """`layer(hidden_states, reverse=True)`: logits of a tied `ReversibleEmbedding`.
 
@@ -553,7 +510,7 @@ def reverse_embedding(layer, hidden_states):
     shape = tuple(ops.shape(hidden_states))
     rows = ops.reshape(hidden_states, (-1, shape[-1]))
     if int4:
-        logits = ops.matmul(rows, ops.transpose(_int4_table(layer)))
+        logits = ops.matmul(rows, ops.transpose(int4_table(layer)))
     elif on_onednn:
         logits = torch_matmul.matmul(rows, ops.transpose(layer.embeddings))  # LoRA included
     elif half:

@@ -1,6 +1,9 @@
 """Gradients of a test function on whichever backend runs the tests."""
 
 import keras
+import numpy as np
+
+from gpt2_lib.backends import dense as dense_module
 
 
 def squared_sum_gradients(function, *arrays):
@@ -26,3 +29,37 @@ def squared_sum_gradients(function, *arrays):
         (function(*tensors) ** 2).sum().backward()
         gradients = [t.grad for t in tensors]
     return [keras.ops.convert_to_numpy(g) for g in gradients]
+
+
+def values_and_gradients(layer, fn, x, jit):
+    """`[fn(x), d/dx, d/dweights...]` of `sum(fn(x) ** 2)` over `layer`'s
+    trainable weights, as NumPy: on JAX (jitted or not) or within
+    `dense.tensorflow_xla()` on TensorFlow (`jit`: a jit-compiled
+    `tf.function`)."""
+    if keras.config.backend() == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        def loss(values, x):
+            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
+                out = fn(x)
+            return jnp.sum(out**2), out
+
+        def run():
+            values = [v.value for v in layer.trainable_variables]
+            (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(values, x)
+            return [out, grads[1], *grads[0]]
+
+        return [np.asarray(a) for a in (jax.jit(run)() if jit else run())]
+    import tensorflow as tf
+
+    def run(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = fn(x)
+            loss = tf.reduce_sum(out**2)
+        return [out, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    with dense_module.tensorflow_xla():
+        x = tf.constant(x)
+        return [np.asarray(a) for a in (tf.function(run, jit_compile=True)(x) if jit else run(x))]

@@ -7,10 +7,13 @@ import numpy as np
 import pytest
 
 from gpt2_lib.backends import dense as dense_module
+from gpt2_lib.backends import int4_products
 from gpt2_lib.backends.dense import dense
 from gpt2_lib.backends.dense import dense_on_rows
 from gpt2_lib.backends.dense import reverse_embedding
 from tests.backends.gradients import squared_sum_gradients
+from tests.backends.gradients import values_and_gradients
+from tests.backends.tiny_models import greedy_lm
 
 XLA = keras.config.backend() in ("jax", "tensorflow")
 
@@ -171,7 +174,7 @@ def test_int4_dense_equals_the_layer_and_its_gradient(name):
     layers, inputs = _layers()
     layer, x = layers[name], inputs[name]
     layer.quantize("int4", config=keras.quantizers.Int4QuantizationConfig(block_size=8))
-    assert dense_module.supports_int4(layer) == XLA
+    assert int4_products.supports_int4(layer) == XLA
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(dense(layer, x)), keras.ops.convert_to_numpy(layer(x)),
         rtol=1e-5, atol=1e-5,
@@ -189,7 +192,7 @@ def test_int4_reverse_embedding_equals_the_layer_and_its_gradient(dtype):
     layer = keras.layers.ReversibleEmbedding(300, 256, dtype=dtype)  # two groups of 128
     layer.build((None, None))
     layer.quantize("int4")
-    assert dense_module.supports_int4_table(layer) == XLA
+    assert int4_products.supports_int4_table(layer) == XLA
     hidden = keras.ops.convert_to_numpy(
         keras.ops.cast(np.random.default_rng(4).normal(size=(3, 2, 256)), dtype)
     )
@@ -472,15 +475,15 @@ def test_one_row_on_tensorflow_equals_the_layer(dtype, lora):
         assert dense_module._one_row_on_tensorflow(layer, x)
         x = tf.convert_to_tensor(x)
 
-        def values_and_gradients(call):
+        def outputs_and_gradients(call):
             with tf.GradientTape() as tape:
                 tape.watch(x)
                 out = call(layer, x)
                 loss = tf.reduce_sum(tf.cast(out, "float32") ** 2)
             return [out] + tape.gradient(loss, [x] + layer.trainable_variables)
 
-        expected = values_and_gradients(lambda layer, x: layer(x))
-        for actual in (values_and_gradients(dense), tf.function(values_and_gradients, jit_compile=True)(dense)):
+        expected = outputs_and_gradients(lambda layer, x: layer(x))
+        for actual in (outputs_and_gradients(dense), tf.function(outputs_and_gradients, jit_compile=True)(dense)):
             for a, e in zip(actual, expected):
                 assert a.dtype == e.dtype and a.shape == e.shape
                 if dtype == "float32":
@@ -500,64 +503,17 @@ def test_only_a_single_float_row_is_padded_on_tensorflow():
     assert not dense_module._one_row_on_tensorflow(layers["mlp"], one)
 
 
-def _values_and_gradients(layer, fn, x, jit):
-    """`[fn(x), d/dx, d/dweights...]` of `sum(fn(x) ** 2)`, on JAX (jitted or
-    not) or in TensorFlow's XLA (`jit`: a jit-compiled `tf.function`)."""
-    if JAX:
-        import jax
-        import jax.numpy as jnp
-
-        def loss(values, x):
-            with keras.StatelessScope(state_mapping=list(zip(layer.trainable_variables, values))):
-                out = fn(x)
-            return jnp.sum(out**2), out
-
-        def run():
-            values = [v.value for v in layer.trainable_variables]
-            (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(values, x)
-            return [out, grads[1], *grads[0]]
-
-        return [np.asarray(a) for a in (jax.jit(run)() if jit else run())]
-    import tensorflow as tf
-
-    def run(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            out = fn(x)
-            loss = tf.reduce_sum(out**2)
-        return [out, *tape.gradient(loss, [x, *layer.trainable_variables])]
-
-    with dense_module.tensorflow_xla():
-        x = tf.constant(x)
-        return [np.asarray(a) for a in (tf.function(run, jit_compile=True)(x) if jit else run(x))]
-
-
 def _assert_dense_values_and_gradients_equal_the_layer(layer, x):
     """`dense(layer, x)` against `layer(x)`: values and the gradients of the
     input and every trainable weight within float32 rounding, eager and
     compiled."""
-    expected = _values_and_gradients(layer, layer, x, jit=False)
+    expected = values_and_gradients(layer, layer, x, jit=False)
     for jit in (False, True):
-        actual = _values_and_gradients(layer, lambda x: dense(layer, x), x, jit)
+        actual = values_and_gradients(layer, lambda x: dense(layer, x), x, jit)
         assert len(actual) == len(expected) == 2 + len(layer.trainable_variables)
         for a, e in zip(actual, expected):
             assert a.shape == e.shape
             np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5 * np.abs(e).max())
-
-
-def _greedy_lm(vocabulary_size, hidden_dim, intermediate_dim):
-    """A 2-block, 4-head `GPT2CausalLM` without preprocessor, greedy."""
-    from gpt2_lib.models import GPT2Backbone
-    from gpt2_lib.models import GPT2CausalLM
-
-    keras.utils.set_random_seed(0)
-    backbone = GPT2Backbone(
-        vocabulary_size=vocabulary_size, num_layers=2, num_heads=4, hidden_dim=hidden_dim,
-        intermediate_dim=intermediate_dim, max_sequence_length=64, dropout=0.0,
-    )
-    lm = GPT2CausalLM(backbone, preprocessor=None)
-    lm.compile(sampler="greedy")
-    return lm
 
 
 @jax_only
@@ -582,7 +538,7 @@ def test_generation_reads_the_attention_output_kernels_as_stored(monkeypatch):
     """Inside JAX's compiled `generate()`, Keras' einsum for the attention
     output made XLA copy each output kernel transposed, `(head_dim, heads,
     hidden)`, on every step; as 2D rows no such copy is left."""
-    lm = _greedy_lm(128, 32, 64)
+    lm = greedy_lm(128, 32, 64)
     mask = np.zeros((1, 16), bool)
     mask[:, :4] = True
     inputs = lm._padded_to_bucket({"token_ids": np.zeros((1, 16), "int32"), "padding_mask": mask})
@@ -686,7 +642,7 @@ def test_float32_generation_over_input_slices_equals_whole_products(monkeypatch)
     """Batch-1 float32 decoding on JAX and in TensorFlow's XLA, its one-row
     products over input slices: the same greedy tokens as whole products,
     and one token's hidden states within float32 rounding."""
-    lm = _greedy_lm(256, 256, 1024)
+    lm = greedy_lm(256, 256, 1024)
     backbone = lm.backbone
     counts = []
     sliced = dense_module._one_row_over_input_slices
