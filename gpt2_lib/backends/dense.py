@@ -1,6 +1,6 @@
 """Dense projections on 2D rows: exact int8, gather-free int4, half on JAX, oneDNN on torch.
 
-Eight measured gains, all computing what the Keras layer computes:
+Nine measured gains, all computing what the Keras layer computes:
 
 * `dense_on_rows`: XLA's CPU backward of a 3D x 2D matmul (`(batch, seq,
   hidden) @ (hidden, out)`) runs ~1.4x slower than the same product on 2D
@@ -51,7 +51,7 @@ Eight measured gains, all computing what the Keras layer computes:
   oneDNN (`torch_matmul`), ~2x MKL's float32 GEMM on an AMD EPYC.
 * int4 layers in groups, dequantized by broadcasting each group's scale
   and zero point rather than Keras' gather (`quantization.dequantize_int4`,
-  the same values): the tied table on JAX and TensorFlow (`supports_int4_table`;
+  the same values; `int4_products`): the tied table on JAX and TensorFlow (`supports_int4_table`;
   XLA:CPU fused the gather into the product, and a batch-8 JAX
   `generate()` with a one-block GPT-2 base took 78 s where it now takes
   3.2; TensorFlow batch 8 42 -> 64 tok/s), the projections on JAX
@@ -71,6 +71,9 @@ Eight measured gains, all computing what the Keras layer computes:
 * a single float32 row on JAX or in TensorFlow's XLA on a CPU, batched
   over input slices (`_one_row_input_slices`): batch-1 decoding 1.19-1.25x
   faster on JAX, 1.69x on TensorFlow.
+* 2 to 32 float32 rows' logits on the same XLAs, table first
+  (`_table_first_chunks`): batch-8 decoding 1.07-1.12x faster on JAX,
+  1.16x on TensorFlow (batch 2: 1.11x, 1.13x).
 """
 
 import contextlib
@@ -490,13 +493,50 @@ def dense(layer, inputs):
     return unflatten(ops.add(products, bias))
 
 
+# At most this many rows' logits are taken table first (`_table_first_chunks`).
+_TABLE_FIRST_ROWS = 32
+
+
+def _table_first_chunks(layer, hidden_states):
+    """Into how many vocabulary chunks 2 to 32 rows' float32 logits are
+    taken table first, on JAX on a CPU and in TensorFlow's XLA on a CPU
+    (within `tensorflow_xla`), or None for any other call.
+
+    Inside `generate()` XLA:CPU fuses the tied LM head with the sampler's
+    softmax. Rows first, `(rows, vocab)`, it read GPT-2 base's table at ~9
+    GB/s at batch 8 (17.8 ms a step); table first, `(vocab, rows)` and then
+    transposed, at ~17 GB/s (9.2 ms). XLA turns a whole-table product back
+    into rows first, so the table is reshaped (no copy) into the fewest
+    equal chunks of its vocabulary (GPT-2's 50257: 29 of 1733). Batch 8
+    decodes 1.12-1.15x faster on JAX and 1.10x on TensorFlow; one row reads
+    the table faster rows first (`benchmarks/NOTES.md`).
+    """
+    quantized = getattr(layer, "quantization_mode", None) is not None
+    if quantized or layer.compute_dtype != "float32" or not _on_xla_cpu():
+        return None
+    leading = tuple(hidden_states.shape)[:-1]
+    if None in leading or not 2 <= math.prod(leading) <= _TABLE_FIRST_ROWS:
+        return None
+    vocabulary = layer.input_dim
+    return next((c for c in range(2, math.isqrt(vocabulary) + 1) if vocabulary % c == 0), None)
+
+
+def _table_first_logits(rows, table, chunks):
+    """`rows @ table.T`, as `(table @ rows.T).T` over `chunks` vocabulary chunks."""
+    vocabulary, hidden = table.shape
+    parts = ops.reshape(table, (chunks, vocabulary // chunks, hidden))
+    logits = ops.einsum("cvh,rh->cvr", parts, rows)  # (chunks, vocabulary / chunks, rows)
+    return ops.transpose(ops.reshape(logits, (vocabulary, -1)))
+
+
 def reverse_embedding(layer, hidden_states):
     """`layer(hidden_states, reverse=True)`: logits of a tied `ReversibleEmbedding`.
 
     Int8 embeddings take exact int8 products (XLA-friendly on JAX/TensorFlow),
     int4 ones (JAX/TensorFlow) a gather-free dequantization, half-precision
-    ones on JAX on a CPU YNNPACK's GEMM and float32 ones on torch on a CPU
-    oneDNN's (see `dense`).
+    ones on JAX on a CPU YNNPACK's GEMM, float32 ones on torch on a CPU
+    oneDNN's (see `dense`), and a few float32 rows on XLA:CPU the table
+    first (`_table_first_chunks`).
     """
     if not layer.tie_weights or layer.logit_soft_cap is not None:
         return layer(hidden_states, reverse=True)
@@ -505,7 +545,8 @@ def reverse_embedding(layer, hidden_states):
     on_onednn = own_dtype and _float32_on_torch_cpu(layer, hidden_states)
     half = supports_half(layer) and own_dtype
     int4 = supports_int4_table(layer) and same_dtype
-    if not (on_onednn or half or int4 or supports_int8(layer)):
+    table_first = own_dtype and _table_first_chunks(layer, hidden_states)
+    if not (on_onednn or half or int4 or table_first or supports_int8(layer)):
         return layer(hidden_states, reverse=True)
     shape = tuple(ops.shape(hidden_states))
     rows = ops.reshape(hidden_states, (-1, shape[-1]))
@@ -513,6 +554,8 @@ def reverse_embedding(layer, hidden_states):
         logits = ops.matmul(rows, ops.transpose(int4_table(layer)))
     elif on_onednn:
         logits = torch_matmul.matmul(rows, ops.transpose(layer.embeddings))  # LoRA included
+    elif table_first:
+        logits = _table_first_logits(rows, layer.embeddings, table_first)  # LoRA included
     elif half:
         table = ops.cast(layer.embeddings, layer.compute_dtype)
         logits = _half_products(rows, table, transposed=True)
