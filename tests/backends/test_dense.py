@@ -13,7 +13,8 @@ from gpt2_lib.backends.dense import dense_on_rows
 from gpt2_lib.backends.dense import reverse_embedding
 from tests.backends.gradients import squared_sum_gradients
 from tests.backends.gradients import values_and_gradients
-from tests.backends.tiny_models import greedy_lm
+from tests.backends.helpers import counted_calls
+from tests.backends.helpers import greedy_lm
 
 XLA = keras.config.backend() in ("jax", "tensorflow")
 
@@ -644,10 +645,7 @@ def test_float32_generation_over_input_slices_equals_whole_products(monkeypatch)
     and one token's hidden states within float32 rounding."""
     lm = greedy_lm(256, 256, 1024)
     backbone = lm.backbone
-    counts = []
-    sliced = dense_module._one_row_over_input_slices
-    monkeypatch.setattr(dense_module, "_one_row_over_input_slices",
-                        lambda row, kernel, count: counts.append(count) or sliced(row, kernel, count))
+    counts = counted_calls(monkeypatch, dense_module, "_one_row_over_input_slices")
     mask = np.zeros((1, 24), bool)
     mask[:, :5] = True
     prompt = {"token_ids": np.arange(24, dtype="int32")[None] % 256, "padding_mask": mask}

@@ -7,7 +7,8 @@ import pytest
 from gpt2_lib.backends import dense as dense_module
 from gpt2_lib.backends.dense import reverse_embedding
 from tests.backends.gradients import values_and_gradients
-from tests.backends.tiny_models import greedy_lm
+from tests.backends.helpers import counted_calls
+from tests.backends.helpers import greedy_lm
 
 XLA = keras.config.backend() in ("jax", "tensorflow")
 pytestmark = pytest.mark.skipif(not XLA, reason="table-first logits are XLA:CPU's (JAX, TensorFlow's XLA)")
@@ -58,10 +59,7 @@ def test_table_first_logits_equal_the_layer_and_its_gradients(rows, lora, monkey
     product."""
     layer = _table(1003, lora=lora)
     x = _hidden(rows)
-    chunks = []
-    table_first = dense_module._table_first_logits
-    monkeypatch.setattr(dense_module, "_table_first_logits",
-                        lambda rows, table, count: chunks.append(count) or table_first(rows, table, count))
+    chunks = counted_calls(monkeypatch, dense_module, "_table_first_logits")
     expected = values_and_gradients(layer, lambda x: layer(x, reverse=True), x, jit=False)
     assert not chunks
     for jit in (False, True):
@@ -78,10 +76,7 @@ def test_generation_with_table_first_logits_equals_rows_first(monkeypatch):
     """Batch-2 greedy decoding, its LM head taken table first inside the
     compiled generation: the same tokens as rows first."""
     lm = greedy_lm(256, 32, 64)
-    chunks = []
-    table_first = dense_module._table_first_logits
-    monkeypatch.setattr(dense_module, "_table_first_logits",
-                        lambda rows, table, count: chunks.append(count) or table_first(rows, table, count))
+    chunks = counted_calls(monkeypatch, dense_module, "_table_first_logits")
     mask = np.zeros((2, 24), bool)
     mask[:, :5] = True
     prompt = {"token_ids": np.arange(48, dtype="int32").reshape(2, 24) % 256, "padding_mask": mask}

@@ -1,4 +1,4 @@
-"""Small models for the backend tests."""
+"""Shared pieces of the backend tests: a small LM, counted calls."""
 
 import keras
 
@@ -16,3 +16,12 @@ def greedy_lm(vocabulary_size, hidden_dim, intermediate_dim):
     lm = GPT2CausalLM(backbone, preprocessor=None)
     lm.compile(sampler="greedy")
     return lm
+
+
+def counted_calls(monkeypatch, module, name):
+    """Wraps `module.name` so that each call appends its last argument (a
+    count) to the returned list, then computes as before."""
+    function = getattr(module, name)
+    counts = []
+    monkeypatch.setattr(module, name, lambda *args: counts.append(args[-1]) or function(*args))
+    return counts
