@@ -508,8 +508,8 @@ def _table_first_chunks(layer, hidden_states):
     transposed, at ~17 GB/s (9.2 ms). XLA turns a whole-table product back
     into rows first, so the table is reshaped (no copy) into the fewest
     equal chunks of its vocabulary (GPT-2's 50257: 29 of 1733). Batch 8
-    decodes 1.12-1.15x faster on JAX and 1.10x on TensorFlow; one row reads
-    the table faster rows first (`benchmarks/NOTES.md`).
+    decodes 1.07-1.12x faster on JAX and 1.16x on TensorFlow; one row reads
+    the table faster rows first (`benchmarks/NOTES.md`, stop 43).
     """
     quantized = getattr(layer, "quantization_mode", None) is not None
     if quantized or layer.compute_dtype != "float32" or not _on_xla_cpu():

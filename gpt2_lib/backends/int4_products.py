@@ -1,7 +1,8 @@
 """int4 kernels and tied tables as Keras dequantizes them, without its gather.
 
 Keras' int4 `Dense`/`EinsumDense`/`Embedding` in groups dequantize by
-gathering each group's scale and zero point for every input row. On XLA:CPU
+gathering each group's scale and zero point for every row of the kernel
+(`g_idx`). On XLA:CPU
 the gather was fused into the product: a batch-8 JAX `generate()` with a
 one-block GPT-2 base took 78 s, 3.2 s with the scales broadcast per group
 (`quantization.dequantize_int4`, the same values). `dense.dense` and
