@@ -76,8 +76,6 @@ Nine measured gains, all computing what the Keras layer computes:
   1.16x on TensorFlow (batch 2: 1.11x, 1.13x).
 """
 
-import contextlib
-import contextvars
 import math
 
 import keras
@@ -88,6 +86,7 @@ from gpt2_lib.backends.int4_products import int4_kernel
 from gpt2_lib.backends.int4_products import int4_table
 from gpt2_lib.backends.int4_products import supports_int4
 from gpt2_lib.backends.int4_products import supports_int4_table
+from gpt2_lib.backends.xla_cpu import on_xla_cpu
 
 HALF_PRECISION = ("bfloat16", "float16")
 
@@ -266,43 +265,12 @@ def _tensorflow_half_product(kernel, transposed):
     return lambda rows: product(rows, kernel)
 
 
-_TENSORFLOW_XLA = contextvars.ContextVar("gpt2_lib_tensorflow_xla", default=False)
-
-
-@contextlib.contextmanager
-def tensorflow_xla():
-    """Marks code traced for a TensorFlow function compiled with XLA.
-
-    There, half-precision products take XLA's dot with a float32 result
-    (`supports_half`), which TensorFlow has no kernel of its own for.
-    `CausalLM`'s TensorFlow generate function enters it.
-    """
-    token = _TENSORFLOW_XLA.set(True)
-    try:
-        yield
-    finally:
-        _TENSORFLOW_XLA.reset(token)
-
-
 def supports_half(layer):
     """True for a bfloat16/float16 layer that is not quantized, on JAX on a
-    CPU or in TensorFlow's XLA on a CPU (within `tensorflow_xla`)."""
+    CPU or in TensorFlow's XLA on a CPU (within `xla_cpu.tensorflow_xla`)."""
     if layer.compute_dtype not in HALF_PRECISION:
         return False
-    return getattr(layer, "quantization_mode", None) is None and _on_xla_cpu()
-
-
-def _on_xla_cpu():
-    """True on JAX on a CPU, or in TensorFlow's XLA on a CPU (within `tensorflow_xla`)."""
-    if keras.config.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return _TENSORFLOW_XLA.get() and not tf.config.list_physical_devices("GPU")
-    if keras.config.backend() == "jax":
-        import jax
-
-        return jax.default_backend() == "cpu"
-    return False
+    return getattr(layer, "quantization_mode", None) is None and on_xla_cpu()
 
 
 def _half_products(rows, kernel, transposed=False):
@@ -398,7 +366,7 @@ def _one_row_input_slices(layer, inputs):
     contracted = _float_contracted_axes(layer)
     if contracted is None or layer.compute_dtype != "float32":
         return None
-    if not (_on_xla_cpu() and _single_row(inputs, contracted)):
+    if not (on_xla_cpu() and _single_row(inputs, contracted)):
         return None
     count = _equal_slices(math.prod(layer.kernel.shape[:contracted]), _ONE_ROW_SLICE, 1)
     return count if count > 1 else None
@@ -512,7 +480,7 @@ def _table_first_chunks(layer, hidden_states):
     the table faster rows first (`benchmarks/NOTES.md`, stop 43).
     """
     quantized = getattr(layer, "quantization_mode", None) is not None
-    if quantized or layer.compute_dtype != "float32" or not _on_xla_cpu():
+    if quantized or layer.compute_dtype != "float32" or not on_xla_cpu():
         return None
     leading = tuple(hidden_states.shape)[:-1]
     if None in leading or not 2 <= math.prod(leading) <= _TABLE_FIRST_ROWS:

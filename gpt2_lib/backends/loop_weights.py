@@ -39,7 +39,7 @@ On TensorFlow (XLA) half-precision weights are fenced the same way (XLA
 hoisted widened float32 copies of all of them out of the loops):
 `CausalLM`'s TensorFlow generate function takes them as zero-copy `uint16`
 bits when the model has any, its projection kernels are multiplied as
-stored (`dense.supports_half` within `dense.tensorflow_xla`), and the tied
+stored (`dense.supports_half` within `xla_cpu.tensorflow_xla`), and the tied
 LM head goes a chunk at a time as on JAX. GPT-2 base bfloat16 generation
 peaks at ~700 MB instead of 1487 and decodes 1.28x faster at batch 8;
 GPT-2 XL at 4.3 GB instead of 10.9 (`benchmarks/NOTES.md`).

@@ -9,8 +9,8 @@ from keras import tree
 
 from gpt2_lib import optimizers
 from gpt2_lib import samplers as samplers_lib
-from gpt2_lib.backends import dense
 from gpt2_lib.backends import loop_weights
+from gpt2_lib.backends import xla_cpu
 from gpt2_lib.models import lora
 from gpt2_lib.models.generation_inputs import check_max_length
 from gpt2_lib.models.generation_inputs import check_stop_token_ids
@@ -274,14 +274,14 @@ class CausalLM(Task):
         if not any(loop_weights.enters_as_bits(v) for v in variables):
 
             def generate_in_xla(inputs, stop_token_ids=None):
-                with dense.tensorflow_xla():
+                with xla_cpu.tensorflow_xla():
                     return self.generate_step(inputs, stop_token_ids)
 
             return tf.function(generate_in_xla, jit_compile=True, autograph=False)
 
         def stateless_generate(values, inputs, stop_token_ids):
             mapping = zip(variables, loop_weights.carry_out(values, variables))
-            with keras.StatelessScope(state_mapping=mapping) as scope, dense.tensorflow_xla():
+            with keras.StatelessScope(state_mapping=mapping) as scope, xla_cpu.tensorflow_xla():
                 outputs = self.generate_step(inputs, stop_token_ids)
             for variable in self.sampler.variables:  # e.g. a seed's advance
                 value = scope.get_current_value(variable)

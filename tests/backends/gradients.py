@@ -3,7 +3,7 @@
 import keras
 import numpy as np
 
-from gpt2_lib.backends import dense as dense_module
+from gpt2_lib.backends import xla_cpu
 
 
 def squared_sum_gradients(function, *arrays):
@@ -34,7 +34,7 @@ def squared_sum_gradients(function, *arrays):
 def values_and_gradients(layer, fn, x, jit):
     """`[fn(x), d/dx, d/dweights...]` of `sum(fn(x) ** 2)` over `layer`'s
     trainable weights, as NumPy: on JAX (jitted or not) or within
-    `dense.tensorflow_xla()` on TensorFlow (`jit`: a jit-compiled
+    `xla_cpu.tensorflow_xla()` on TensorFlow (`jit`: a jit-compiled
     `tf.function`)."""
     if keras.config.backend() == "jax":
         import jax
@@ -60,6 +60,6 @@ def values_and_gradients(layer, fn, x, jit):
             loss = tf.reduce_sum(out**2)
         return [out, *tape.gradient(loss, [x, *layer.trainable_variables])]
 
-    with dense_module.tensorflow_xla():
+    with xla_cpu.tensorflow_xla():
         x = tf.constant(x)
         return [np.asarray(a) for a in (tf.function(run, jit_compile=True)(x) if jit else run(x))]

@@ -8,6 +8,7 @@ import pytest
 
 from gpt2_lib.backends import dense as dense_module
 from gpt2_lib.backends import int4_products
+from gpt2_lib.backends import xla_cpu
 from gpt2_lib.backends.dense import dense
 from gpt2_lib.backends.dense import dense_on_rows
 from gpt2_lib.backends.dense import reverse_embedding
@@ -301,7 +302,7 @@ def _on_the_half_path(function):
     import tensorflow as tf
 
     def traced(*args):
-        with dense_module.tensorflow_xla():
+        with xla_cpu.tensorflow_xla():
             return function(*args)
 
     return tf.function(traced, jit_compile=True, autograph=False)
@@ -314,7 +315,7 @@ def test_half_precision_dense_equals_the_layer(name, dtype, rows):
     layers, inputs = _half_layers(dtype, rows)
     layer, x = layers[name], inputs[name]
     assert dense_module.supports_half(layer) == JAX  # TensorFlow: only under XLA
-    with dense_module.tensorflow_xla():
+    with xla_cpu.tensorflow_xla():
         assert dense_module.supports_half(layer) == (JAX or TF)
     expected, actual = layer(x), _on_the_half_path(lambda x: dense(layer, x))(x)
     assert keras.backend.standardize_dtype(actual.dtype) == dtype
@@ -582,7 +583,7 @@ def _batched_products(layer, x):
         return [tuple(map(int, shape)) for shape in re.findall(r"f32\[(\d+),(\d+),(\d+)\] = dot_general", jaxpr)]
     import tensorflow as tf
 
-    with dense_module.tensorflow_xla():
+    with xla_cpu.tensorflow_xla():
         graph = tf.function(lambda x: dense(layer, x)).get_concrete_function(tf.TensorSpec(x.shape)).graph
     return [tuple(op.outputs[0].shape) for op in graph.get_operations() if op.type.startswith("BatchMatMul")]
 
@@ -604,7 +605,7 @@ def test_one_float32_row_in_xla_is_summed_over_input_slices(name, lora):
     rng = np.random.default_rng(8)
     one = rng.normal(size=(1, 1, *contracted)).astype("float32")
     two = rng.normal(size=(1, 2, *contracted)).astype("float32")
-    with dense_module.tensorflow_xla():
+    with xla_cpu.tensorflow_xla():
         assert dense_module._one_row_input_slices(layer, one) == slices
         assert dense_module._one_row_input_slices(layer, two) is None
     units = layer.bias.shape[-1]
@@ -623,7 +624,7 @@ def test_one_row_input_slices_only_for_float32_in_xla():
     wide.build((None, 768))
     assert dense_module._one_row_input_slices(wide, row) == (6 if JAX else None)
     assert _batched_products(wide, row) == [(6, 1, 64)]
-    with dense_module.tensorflow_xla():
+    with xla_cpu.tensorflow_xla():
         assert dense_module._one_row_input_slices(wide, row) == 6
         assert dense_module._one_row_input_slices(wide, keras.KerasTensor((None, 768))) is None
         half = keras.layers.Dense(64, dtype="bfloat16")
@@ -655,7 +656,7 @@ def test_float32_generation_over_input_slices_equals_whole_products(monkeypatch)
         lm.generate_function = None
         tokens = lm.generate(prompt, max_length=24, stop_token_ids=None)["token_ids"]
         generated = sorted(set(counts))
-        with dense_module.tensorflow_xla():
+        with xla_cpu.tensorflow_xla():
             hidden = backbone(one_token)
         return np.asarray(tokens), keras.ops.convert_to_numpy(hidden), generated
 

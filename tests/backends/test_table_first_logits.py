@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from gpt2_lib.backends import dense as dense_module
+from gpt2_lib.backends import xla_cpu
 from gpt2_lib.backends.dense import reverse_embedding
 from tests.backends.gradients import values_and_gradients
 from tests.backends.helpers import counted_calls
@@ -33,7 +34,7 @@ def test_table_first_only_for_two_to_32_float32_rows_in_xla():
     for 2 to 32 float32 rows; not for one row or 33, a prime vocabulary, a
     symbolic batch, bfloat16, int8, nor TensorFlow outside its XLA generate
     function."""
-    with dense_module.tensorflow_xla():
+    with xla_cpu.tensorflow_xla():
         assert dense_module._table_first_chunks(_table(1003), _hidden(8)) == 17
         assert dense_module._table_first_chunks(_table(1000), _hidden(2)) == 2
         assert dense_module._table_first_chunks(_table(1000), _hidden(32)) == 2
