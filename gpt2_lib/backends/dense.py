@@ -43,7 +43,7 @@ Nine measured gains, all computing what the Keras layer computes:
   bfloat16 product is bound by arithmetic, not memory; `benchmarks/NOTES.md`).
   The same in TensorFlow's XLA (`BatchMatMulV3` with a float32 result,
   which TensorFlow has no kernel of its own for, so only within
-  `tensorflow_xla`, which its generate function enters): eight XL-width
+  `xla_cpu.tensorflow_xla`, which its generate function enters): eight XL-width
   products of two rows 21.5 ms instead of 46.5 widened; GPT-2 base bfloat16
   decodes 157.6 tok/s at batch 8 where it did 123, GPT-2 XL 2.1 where it
   did 1.7, peaking at 4.3 GB instead of 10.9.
@@ -353,7 +353,7 @@ _ONE_ROW_SLICE = 128
 def _one_row_input_slices(layer, inputs):
     """Into how many input slices a single row of a float32 layer is
     multiplied by its kernel, on JAX on a CPU and in TensorFlow's XLA on a
-    CPU (within `tensorflow_xla`), or None for any other call.
+    CPU (within `xla_cpu.tensorflow_xla`), or None for any other call.
 
     XLA:CPU multiplies one row by an `(in, out)` float32 kernel on about one
     core; padded to two rows (TensorFlow), its GEMM reads ~10 GB/s. As one
@@ -468,7 +468,7 @@ _TABLE_FIRST_ROWS = 32
 def _table_first_chunks(layer, hidden_states):
     """Into how many vocabulary chunks 2 to 32 rows' float32 logits are
     taken table first, on JAX on a CPU and in TensorFlow's XLA on a CPU
-    (within `tensorflow_xla`), or None for any other call.
+    (within `xla_cpu.tensorflow_xla`), or None for any other call.
 
     Inside `generate()` XLA:CPU fuses the tied LM head with the sampler's
     softmax. Rows first, `(rows, vocab)`, it read GPT-2 base's table at ~9

@@ -6,6 +6,7 @@ import pytest
 
 from gpt2_lib.backends import xla_cpu
 from gpt2_lib.samplers import GreedySampler
+from tests.backends.helpers import counted_calls
 from tests.backends.helpers import greedy_lm
 
 BACKEND = keras.config.backend()
@@ -79,11 +80,7 @@ def test_greedy_generation_takes_the_first_index_of_the_max_on_xla(monkeypatch):
         "token_ids": np.array([[5, 9, 2, 0, 0, 0, 0, 0], [7, 1, 0, 0, 0, 0, 0, 0]]),
         "padding_mask": np.array([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0, 0, 0]], bool),
     }
-    calls = []
-    first_index_of_max = xla_cpu._first_index_of_max
-    monkeypatch.setattr(
-        xla_cpu, "_first_index_of_max", lambda values: calls.append(1) or first_index_of_max(values)
-    )
+    calls = counted_calls(monkeypatch, xla_cpu, "_first_index_of_max")
     tokens = lm.generate(prompt, stop_token_ids=None)["token_ids"]
     assert calls  # traced into the compiled generation
 
